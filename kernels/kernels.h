@@ -1,0 +1,74 @@
+/*
+ * kernels.h — the backend table: every compute operation sparsering needs, behind function
+ * pointers chosen at run time (backend: auto | cpu; cuda comes in its own issue).
+ *
+ * Layouts (all row-major, fp32 on the CPU backend):
+ *   Q        [q_heads ][nq     ][d]   rows of this rank, in local order
+ *   K, V     slot-addressed pool: slot s holds bk rows of d values at k + s*bk*d
+ *            (the local shard [kv_heads][n_local][d] is such a pool with
+ *             slot = kv_head * (n_local/bk) + local_block; received blocks are packed pools)
+ *   out      [q_heads][nq][d],  lse [q_heads][nq]   (natural log; -INFINITY for empty rows)
+ *
+ * Work lists are CSR over (q-head, local q-block) rows: row r = h * nqb + m lists entries
+ * row_ptr[r] .. row_ptr[r+1]-1; entry e names a KV slot (slot[e]) and the global position of
+ * the first key of that slot (kpos[e]). Causality is applied per element: key position
+ * kpos[e] + j is visible to query position qpos[m] + i iff kpos[e] + j <= qpos[m] + i and
+ * kpos[e] + j < kv_limit. Rows i >= nq (the tail of a partial last q-block) are not written.
+ * GQA: the kv head of q-head h is h / (q_heads / kv_heads); slots already name the kv-head's
+ * data, so K/V are never copied per q-head.
+ */
+#ifndef SR_KERNELS_H
+#define SR_KERNELS_H
+
+#include "sparsering.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sr_attn_args {
+  int q_heads;        /* number of q-heads in q/out/lse                              */
+  int d;              /* head dim                                                      */
+  int bq, bk;         /* block sizes (rows per q-block, keys per slot)                */
+  int nqb;            /* q-blocks per head                                             */
+  int64_t nq;         /* valid query rows per head (<= nqb*bq); q/out/lse row stride   */
+  const float *q;     /* [q_heads][nq][d]                                              */
+  const int64_t *qpos;/* [nqb] global position of the first row of each q-block        */
+  const float *k, *v; /* slot pools, slot s at + s*bk*d                                */
+  const int64_t *row_ptr; /* [q_heads*nqb + 1]                                          */
+  const int32_t *slot;    /* [nnz] slot of each entry                                    */
+  const int64_t *kpos;    /* [nnz] global position of the slot's first key               */
+  int64_t kv_limit;   /* keys at positions >= kv_limit are masked (sequence length)   */
+  float scale;        /* softmax scale, usually 1/sqrt(d)                              */
+  float *out;         /* [q_heads][nq][d] written for every row (0 for empty rows)     */
+  float *lse;         /* [q_heads][nq]    natural-log sum-exp, -INFINITY for empty rows */
+} sr_attn_args;
+
+typedef struct sr_backend {
+  const char *name;
+  /* Partial attention of the listed blocks (a flash-attention forward with online softmax).
+   * Output is the exact softmax-weighted mean over the visible keys of the listed slots. */
+  sr_status (*attn_fwd)(const sr_attn_args *a);
+  /* Log-sum-exp merge: (acc_out, acc_lse) <- merge((acc_out, acc_lse), (part_out, part_lse))
+   * for `rows` rows of d values. Rows whose lse is -INFINITY contribute nothing; a row with
+   * both -INFINITY stays (0, -INFINITY). */
+  sr_status (*merge)(float *acc_out, float *acc_lse, const float *part_out,
+                     const float *part_lse, int64_t rows, int d);
+  /* Mean pooling of blocks: x [heads][n][d] -> y [heads][ceil(n/b)][d]; a partial last
+   * block is averaged over its valid rows. */
+  sr_status (*pool_mean)(const float *x, int heads, int64_t n, int d, int b, float *y);
+  /* Block scores for one head: s[m][j] = dot(a[m], bmat[j]) (unscaled), a [na][d],
+   * bmat [nb][d], s [na][nb]. */
+  sr_status (*block_scores)(const float *a, int64_t na, const float *bmat, int64_t nb, int d,
+                            float *s);
+  /* Indices of the k largest of x[0..n) (ties broken by the lower index), written to idx in
+   * descending score order. k <= n. */
+  sr_status (*topk)(const float *x, int64_t n, int k, int32_t *idx);
+} sr_backend;
+
+/* The CPU backend (always available). */
+const sr_backend *sr_backend_cpu(void);
+
+/* Threads used by the CPU backend (OpenMP); 0 means the OpenMP default. */
+void sr_cpu_set_threads(int threads);
+
+#endif

@@ -1,0 +1,77 @@
+/*
+ * sr_h5.h — parallel HDF5 (collective MPI-IO) output and input of sharded rows.
+ *
+ * Output file layout (docs/HDF5.md is the exact schema):
+ *   /                         attrs: format = "sparsering-1", version, config (YAML text),
+ *                                    config_hash (u64), complete (int, 1, written last)
+ *   /layers/<l>/out           float32 [q_heads][N][d]
+ *   /layers/<l>/lse           float32 [q_heads][N]      (natural log)
+ *   /layers/<l>/selection/indptr  int64 [q_heads*nqb + 1]  CSR over rows r = h*nqb + m
+ *   /layers/<l>/selection/indices int32 [nnz]              global key-block ids, ascending
+ *   /layers/<l>               attrs: metrics (numeric attributes) and metrics_json (string)
+ * The file is written as "<path>.partial" and renamed to <path> only after every rank closed
+ * it successfully; on failure the partial file is removed. An existing <path> is refused
+ * (SR_ERR_EXISTS) unless overwrite is set.
+ *
+ * Input file layout: /layers/<l>/{q,k,v}, [heads][N][d], float32 or float16 (IEEE half).
+ *
+ * All functions marked "collective" must be called by every rank of the communicator with
+ * the same arguments where noted; they return the same status on every rank when the failure
+ * is a property of the file (shapes, existence), which keeps ranks from diverging.
+ */
+#ifndef SR_H5_H
+#define SR_H5_H
+
+#include "sr_plan.h"
+#include "sr_select.h"
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct sr_h5_out sr_h5_out;
+typedef struct sr_h5_in sr_h5_in;
+
+/* Collective. Refuses an existing path unless overwrite (checked on rank 0, broadcast), then
+ * creates "<path>.partial" with MPI-IO and writes the root attributes except `complete`. */
+sr_status sr_h5_out_create(sr_h5_out **f, MPI_Comm comm, const char *path, bool overwrite,
+                           const char *config_yaml, uint64_t config_hash);
+
+/* Collective. Writes this rank's rows of a [heads][N][d] dataset (d = 0: [heads][N]) at
+ * /layers/<layer>/<name>. The rank's rows are nruns runs of run_len positions starting at
+ * run_starts[i] (ascending); `local` is [heads][nruns*run_len][d] in that order. */
+sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads, int64_t n,
+                           int d, const int64_t *run_starts, int nruns, int64_t run_len,
+                           const float *local);
+
+/* Collective. Writes the selection CSR of every rank as one global CSR over rows
+ * h * nqb_global + global q-block. */
+sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
+                                const sr_selection *sel);
+
+/* Collective (same values on every rank). Attributes on /layers/<layer> (layer >= 0) or on
+ * the root group (layer < 0). */
+sr_status sr_h5_attr_double(sr_h5_out *f, int layer, const char *name, double value);
+sr_status sr_h5_attr_string(sr_h5_out *f, int layer, const char *name, const char *value);
+
+/* Collective. Marks complete, closes, renames <path>.partial to <path> (rank 0) and barriers.
+ * Frees f whatever the outcome. */
+sr_status sr_h5_out_commit(sr_h5_out *f);
+/* Collective. Closes and removes the partial file; frees f. Safe with f == NULL. */
+void sr_h5_out_abort(sr_h5_out *f);
+
+/* Collective. Opens an input file and checks that every layer < cfg->layers has q
+ * [q_heads][N][d], k and v [kv_heads][N][d] in float32 or float16. The message names the
+ * dataset and the shape found vs expected. */
+sr_status sr_h5_in_open(sr_h5_in **f, MPI_Comm comm, const char *path, const sr_config *cfg);
+/* Collective. Reads rows (same run description as sr_h5_write_rows) of /layers/<l>/<which>
+ * (which = 'q', 'k', 'v') into local [heads][nruns*run_len][d] float32. */
+sr_status sr_h5_read_rows(sr_h5_in *f, int layer, char which, int heads, const int64_t *run_starts,
+                          int nruns, int64_t run_len, float *local);
+/* Independent (not collective). Reads positions [pos0, pos0+count) of one head into
+ * out[count][d] — used by the verifier. */
+sr_status sr_h5_read_head_rows(sr_h5_in *f, int layer, char which, int head, int64_t pos0,
+                               int64_t count, float *out);
+void sr_h5_in_close(sr_h5_in *f);
+
+#endif

@@ -1,0 +1,60 @@
+/*
+ * sr_internal.h — helpers shared by every module of libsparsering (not installed).
+ *
+ * Error handling has two tiers (STYLE.md): library code returns sr_status and records a
+ * one-line message with sr__seterr(); only main() turns a failure into a collective exit.
+ * SR_TRY propagates a failing status unchanged, so the first message set wins.
+ */
+#ifndef SR_INTERNAL_H
+#define SR_INTERNAL_H
+
+#include "sparsering.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Records "message" as the last error of this thread and returns s (for `return sr__seterr(...)`). */
+sr_status sr__seterr(sr_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Clears the last error of this thread. */
+void sr__clearerr(void);
+
+/* Propagate a failing status. */
+#define SR_TRY(expr)                                                                               \
+  do {                                                                                             \
+    sr_status sr__s = (expr);                                                                      \
+    if (sr__s != SR_OK) return sr__s;                                                              \
+  } while (0)
+
+/* Programmer-error check: never has side effects, prints file:line, returns SR_ERR_INTERNAL. */
+#define SR_ASSERT(cond)                                                                            \
+  do {                                                                                             \
+    if (!(cond))                                                                                   \
+      return sr__seterr(SR_ERR_INTERNAL, "%s:%d: internal check failed: %s", __FILE__, __LINE__,   \
+                        #cond);                                                                    \
+  } while (0)
+
+/* Aligned (64-byte) allocation; returns NULL on failure. Free with sr__free. */
+void *sr__alloc(size_t bytes);
+void *sr__calloc(size_t count, size_t size);
+void sr__free(void *p);
+/* Allocates or sets SR_ERR_NOMEM naming `what`. */
+#define SR_ALLOC(ptr, bytes, what)                                                                 \
+  do {                                                                                             \
+    (ptr) = sr__alloc(bytes);                                                                      \
+    if ((ptr) == NULL && (bytes) > 0)                                                              \
+      return sr__seterr(SR_ERR_NOMEM, "out of memory allocating %zu bytes for %s",                 \
+                        (size_t)(bytes), (what));                                                  \
+  } while (0)
+
+/* Wall clock in seconds (monotonic). */
+double sr__now(void);
+
+/* Fills n floats with a poison value (NaN) so that unwritten outputs are detectable. */
+void sr__poison_f32(float *x, size_t n);
+
+/* strdup that returns NULL on NULL input. */
+char *sr__strdup(const char *s);
+
+#endif

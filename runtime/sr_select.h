@@ -1,0 +1,51 @@
+/*
+ * sr_select.h — the selection: for every (q-head, local q-block) a sorted list of global key
+ * block ids (CSR), forced blocks included, as produced by a method.
+ *
+ * Row r = h * nqb_local + m. Column ids are global key-block indices in ascending order, all
+ * causal (block start <= last query position of the q-block).
+ */
+#ifndef SR_SELECT_H
+#define SR_SELECT_H
+
+#include "sr_plan.h"
+#include "kernels.h"
+
+#include <stdint.h>
+
+typedef struct sr_selection {
+  int q_heads;
+  int64_t nqb;        /* local q-blocks per head */
+  int64_t *row_ptr;   /* [q_heads*nqb + 1] */
+  int32_t *col;       /* [nnz] global key-block ids */
+  int64_t nnz;
+  int top_chunks;     /* budget K actually used (block_sparse), 0 for dense */
+} sr_selection;
+
+/* Key-block summaries of the whole sequence, all-gathered: mean of each key block per kv-head,
+ * [kv_heads][nkb_global][d] in global block order. */
+typedef struct sr_summaries {
+  int kv_heads, d;
+  int64_t nkb;
+  float *kmean;
+} sr_summaries;
+
+/* Dense: every causal block. */
+sr_status sr_select_dense(const sr_plan *p, sr_selection *sel);
+
+/* Block-Sparse (METHODS.md §2.3): per q-head, s[m][j] = mean(q block m) . mean(k block j)
+ * (unscaled); forced: block 0, the diagonal block and the block below it; future blocks are
+ * never chosen; the top K by score (ties: lower block id) for K = min(top_chunks, nkb_global),
+ * keeping min(causal blocks, K) per q-block. q is this rank's [q_heads][n_local][d]. */
+sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const float *q,
+                                 const sr_summaries *sum, int top_chunks, sr_selection *sel);
+
+/* Paper's analytic Block-Sparse sparsity for nblocks blocks and budget k (METHODS.md §3):
+ * 1 - [k(k+1)/2 + (N-k)k] / [N(N+1)/2], with k clipped to N. */
+double sr_block_sparse_sparsity(int64_t nblocks, int64_t k);
+/* The budget k in [3, nblocks] whose analytic sparsity is closest to target. */
+int sr_block_sparse_budget(int64_t nblocks, double target);
+
+void sr_selection_free(sr_selection *sel);
+
+#endif

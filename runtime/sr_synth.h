@@ -1,0 +1,43 @@
+/*
+ * sr_synth.h — deterministic synthetic activations with structure a user can dial.
+ *
+ * Every value is a pure function of (seed, layer, head, position, dim): a rank generates its
+ * own rows with no communication and the numbers do not depend on the rank count. Any rank can
+ * also regenerate any other rank's rows (the verifier uses that to compute exact dense
+ * attention independently of the sparse path).
+ *
+ * Structure (documented in docs/SYNTHETIC.md):
+ *   - noise: i.i.d. Gaussian parts of q, k, v (counter-based RNG);
+ *   - locality: a shared content vector rotated RoPE-style by position in q and k, so q_i.k_j
+ *     is largest for small |i - j| (recency bias);
+ *   - sinks: keys at positions < sink_tokens carry a component every query aligns with;
+ *   - heavy hitters: a few key positions per kv-head (chosen by hash) carry a second shared
+ *     direction every query aligns with (vertical lines in the attention map);
+ *   - needles: per kv-head, planted (query position, key position) pairs far apart, sharing a
+ *     random direction of their own; all q-heads of the group carry the query side.
+ */
+#ifndef SR_SYNTH_H
+#define SR_SYNTH_H
+
+#include "sr_config.h"
+
+#include <stdint.h>
+
+typedef struct sr_needle {
+  int64_t qpos;  /* query position */
+  int64_t kpos;  /* key position (kpos < qpos, far back) */
+} sr_needle;
+
+/* Writes rows [pos0, pos0 + count) of one head into out[count][d].
+ * which: 'q' (head = q-head), 'k' or 'v' (head = kv-head). */
+void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
+                   int64_t count, float *out);
+
+/* Needles of (layer, kv_head): fills up to cfg->synth.needles entries, returns the count.
+ * Positions depend only on (seed, layer, kv_head, seq_len). */
+int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max);
+
+/* Heavy-hitter key positions of (layer, kv_head); returns the count. */
+int sr_synth_heavy(const sr_config *cfg, int layer, int kv_head, int64_t *out, int max);
+
+#endif
