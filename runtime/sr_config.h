@@ -81,33 +81,108 @@ typedef struct sr_config {
   char *source_name;       /* owned */
 } sr_config;
 
-/* Fills *cfg with the schema defaults (every field valid; strings NULL). */
+/* Fills *cfg with the schema defaults (every field valid; strings NULL). *cfg is treated as
+ * uninitialised: nothing it held is freed. */
 void sr_config_defaults(sr_config *cfg);
 
-/* Parses YAML text (name is used in messages as "name:line: key: problem") into *cfg, on top
- * of the defaults. Unknown keys, wrong types and out-of-range values are SR_ERR_CONFIG. */
-sr_status sr_config_load_string(sr_config *cfg, const char *yaml, size_t len, const char *name);
-/* Reads a file and calls sr_config_load_string. A missing file is SR_ERR_IO. */
-sr_status sr_config_load_file(sr_config *cfg, const char *path);
-/* Applies one "dotted.key=value" override (value parsed as YAML scalar / flow list). */
-sr_status sr_config_set(sr_config *cfg, const char *assignment);
-/* Cross-field checks (kv_heads divides q_heads, top_chunks >= 3 or sparsity set, ...), not
- * including the rank-count-dependent geometry (sr_plan checks that). */
+/* Loads a config: YAML from `path` (NULL = the embedded demo config), then the overrides
+ * ("dotted.key=value", value parsed as a YAML scalar or flow sequence) in order, then the
+ * schema checks (types, bounds, unknown keys) and the cross-field checks of
+ * sr_config_validate. Keys the YAML leaves out take the schema defaults. Messages name
+ * "file:line: key: problem" or "--set key: problem". A missing or unreadable file is
+ * SR_ERR_IO; everything else that is wrong with the text is SR_ERR_CONFIG. *cfg is treated as
+ * uninitialised (call sr_config_free before reusing a loaded one); the caller frees the result
+ * with sr_config_free. On failure *cfg holds the defaults. input.path is dropped (NULL) unless
+ * input.source is hdf5. */
+sr_status sr_config_load(sr_config *cfg, const char *path, const char *const *overrides,
+                         int n_overrides);
+/* Same, from text in memory; `name` stands for the file name in messages. */
+sr_status sr_config_load_string(sr_config *cfg, const char *yaml, size_t len, const char *name,
+                                const char *const *overrides, int n_overrides);
+/* The schema bounds of every key, then the cross-field checks (kv_heads divides q_heads,
+ * input.path set when input.source is hdf5, block_sparse has top_chunks >= 3 or sparsity > 0,
+ * output.write not empty when output.path is set), for configs built in code; not including
+ * the rank-count-dependent geometry (sr_plan checks that). Messages are "key: problem". */
 sr_status sr_config_validate(const sr_config *cfg);
 /* Frees the owned strings and resets to defaults. */
 void sr_config_free(sr_config *cfg);
 
-/* The effective config as YAML text (malloc'd, caller frees) — printed by rank 0 and stored as
- * an HDF5 attribute. */
+/* The effective config as YAML text (malloc'd, caller frees; NULL if out of memory): every
+ * key, defaults included, in schema order; loading it gives back an equal config. Printed by
+ * rank 0 and stored as an HDF5 attribute. source_name is not part of it. */
 char *sr_config_to_yaml(const sr_config *cfg);
 /* Stable 64-bit hash of the effective config (FNV-1a over sr_config_to_yaml). */
 uint64_t sr_config_hash(const sr_config *cfg);
 
+/* Names as written in the YAML ("block_sparse", "dense_ring", "zigzag"); "?" if out of range. */
 const char *sr_method_name(sr_method m);
 const char *sr_exchange_name(sr_exchange_mode e);
 const char *sr_shard_name(sr_shard_scheme s);
 
 /* The embedded demo config (configs/demo.yaml compiled in). */
 extern const char sr_demo_yaml[];
+
+#ifdef SR_CONFIG_INTERNAL
+/* Shared by runtime/sr_config*.c only (they define SR_CONFIG_INTERNAL): the schema table and
+ * its helpers. Nothing else may rely on these. */
+#include "sr_internal.h"
+
+#include <cyaml/cyaml.h>
+#include <yaml.h>
+
+/* Bounds checks of a row, beyond libcyaml's own (types, enum names, string lengths). */
+enum {
+  SR__CHECK_RANGE = 1u << 0,   /* lo <= v <= hi                                             */
+  SR__CHECK_HI_OPEN = 1u << 1, /* ... but v < hi                                            */
+  SR__CHECK_ZERO_OK = 1u << 2, /* ... or v == 0                                             */
+  SR__CHECK_MULT8 = 1u << 3,   /* ... and a multiple of 8                                   */
+};
+#define SR__MAX_PATH 4095 /* longest path string accepted (libcyaml string max) */
+#define SR__MAX_KEYS 64
+
+/* One row of the schema: a key, its libcyaml field, default and bounds. */
+typedef struct sr__key {
+  const char *parent;         /* dotted name of the enclosing mapping; "" = top level        */
+  cyaml_schema_field_t field; /* key, type, member offset within the enclosing struct        */
+  double def;                 /* default (enum value, flag mask, 0/1); strings default NULL  */
+  unsigned check;             /* SR__CHECK_*                                                 */
+  double lo, hi;
+  const char *doc;            /* one-line meaning (docs/CONFIG.md says the same)             */
+} sr__key;
+extern const sr__key sr__keys[];
+extern const int sr__n_keys;
+
+/* Derived per row: dotted name, index of the enclosing section row (-1 = top), offset of the
+ * member within sr_config. */
+typedef struct sr__index {
+  char name[SR__MAX_KEYS][48];
+  int parent[SR__MAX_KEYS];
+  size_t offset[SR__MAX_KEYS];
+} sr__index;
+void sr__index_build(sr__index *ix);
+int sr__index_find(const sr__index *ix, const char *dotted);
+
+int64_t sr__get_int(const sr_config *c, const sr__index *ix, int r);
+double sr__get_num(const sr_config *c, const sr__index *ix, int r);
+char **sr__string_member(sr_config *c, const sr__index *ix, int r);
+void sr__format_real(char *buf, size_t n, double v, bool single);
+void sr__format_bound(char *buf, size_t n, double v);
+void sr__format_range(char *buf, size_t n, int r);
+
+/* Writes into buf the "file:line: " / "--set " prefix of the first of two keys present. */
+typedef void (*sr__where_fn)(void *ctx, char *buf, size_t n, const char *key1, const char *key2);
+sr_status sr__check_row(const sr_config *c, const sr__index *ix, int r, const char *where,
+                        const char *shown);
+sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx);
+
+/* A growing text buffer, and a libyaml emitter writing into one. */
+typedef struct sr__text {
+  char *buf;
+  size_t len, cap;
+} sr__text;
+int sr__text_write(void *data, unsigned char *bytes, size_t size);
+int sr__emit_begin(yaml_emitter_t *em, sr__text *t);
+int sr__emit_end(yaml_emitter_t *em);
+#endif /* SR_CONFIG_INTERNAL */
 
 #endif

@@ -27,6 +27,13 @@ void sr__clearerr(void);
     if (sr__s != SR_OK) return sr__s;                                                              \
   } while (0)
 
+/* st = expr; on failure jump to the cleanup label. */
+#define SR_TRY_GOTO(st, expr, label)                                                                    \
+  do {                                                                                             \
+    (st) = (expr);                                                                                 \
+    if ((st) != SR_OK) goto label;                                                                 \
+  } while (0)
+
 /* Programmer-error check: never has side effects, prints file:line, returns SR_ERR_INTERNAL. */
 #define SR_ASSERT(cond)                                                                            \
   do {                                                                                             \

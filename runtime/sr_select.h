@@ -48,4 +48,12 @@ int sr_block_sparse_budget(int64_t nblocks, double target);
 
 void sr_selection_free(sr_selection *sel);
 
+
+
+#include "sr_comm.h"
+/* Collective. Pools this rank's keys [kv_heads][n_local][d] into block means and all-gathers
+ * them through the transport into sum (global block order). */
+sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, sr_transport *t,
+                              const float *k_local, sr_summaries *sum);
+void sr_summaries_free(sr_summaries *sum);
 #endif

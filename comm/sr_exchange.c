@@ -1,0 +1,272 @@
+/*
+ * sr_exchange.c — request lists and the overlapped ring (see sr_exchange.h).
+ *
+ * Failure handling: a local failure inside the ring (an allocation, a callback error) must not
+ * leave a peer waiting for a message forever. Buffers are allocated before the first step and
+ * agreed on; after that, a rank whose callback fails keeps posting and completing every step
+ * (sending what it owes) and only reports the error after the last step, where the caller
+ * agrees on the status.
+ */
+#include "sr_exchange.h"
+#include "sr_internal.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+void sr_xplan_free(sr_xplan *x) {
+  sr__free(x->req_off);
+  sr__free(x->req_ids);
+  sr__free(x->send_off);
+  sr__free(x->send_ids);
+  sr__free(x->slot_of);
+  *x = (sr_xplan){0};
+}
+
+sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
+                         sr_exchange_mode mode, MPI_Comm comm) {
+  *x = (sr_xplan){0};
+  const int P = p->nranks, me = p->rank;
+  x->nranks = P;
+  x->rank = me;
+  x->mode = mode;
+  x->kv_heads = p->kv_heads;
+  x->nkb_global = p->nkb_global;
+  x->nkb_local = p->nkb_local;
+  x->item_floats = (size_t)p->bk * (size_t)p->d;
+  const int64_t nids = (int64_t)p->kv_heads * p->nkb_global;
+
+  sr_status st = SR_OK;
+  int *cnt_send = NULL, *cnt_recv = NULL, *dis_send = NULL, *dis_recv = NULL;
+  uint8_t *need = NULL;
+  x->slot_of = sr__alloc((size_t)nids * sizeof(int32_t));
+  x->req_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
+  x->send_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
+  if (!x->slot_of || !x->req_off || !x->send_off) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
+    goto done;
+  }
+  /* Own-layout slots: what the local shard and dense-ring buffers use. */
+  for (int h = 0; h < p->kv_heads; h++)
+    for (int64_t j = 0; j < p->nkb_global; j++) {
+      int64_t lb = 0;
+      sr_plan_kblock_owner(p, j, &lb);
+      x->slot_of[h * p->nkb_global + j] = (int32_t)(h * p->nkb_local + lb);
+    }
+  if (mode == SR_EXCHANGE_DENSE_RING) goto done;
+
+  /* Union of remote blocks needed, per kv-head (a GQA group shares one fetch). */
+  need = sr__calloc((size_t)nids, 1);
+  if (!need) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
+    goto done;
+  }
+  for (int h = 0; h < sel->q_heads; h++) {
+    int kvh = h / p->group;
+    for (int64_t m = 0; m < sel->nqb; m++) {
+      int64_t r = h * sel->nqb + m;
+      for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++) {
+        int64_t j = sel->col[e];
+        if (sr_plan_kblock_owner(p, j, NULL) != me) need[kvh * p->nkb_global + j] = 1;
+      }
+    }
+  }
+  /* Request lists grouped by owner, ascending id inside each owner. */
+  int64_t nreq = 0;
+  for (int64_t id = 0; id < nids; id++)
+    if (need[id]) {
+      x->req_off[sr_plan_kblock_owner(p, id % p->nkb_global, NULL) + 1]++;
+      nreq++;
+    }
+  for (int o = 0; o < P; o++) x->req_off[o + 1] += x->req_off[o];
+  x->req_ids = sr__alloc((size_t)(nreq > 0 ? nreq : 1) * sizeof(int64_t));
+  cnt_send = sr__calloc((size_t)P, sizeof(int));
+  cnt_recv = sr__calloc((size_t)P, sizeof(int));
+  dis_send = sr__calloc((size_t)P, sizeof(int));
+  dis_recv = sr__calloc((size_t)P, sizeof(int));
+  if (!x->req_ids || !cnt_send || !cnt_recv || !dis_send || !dis_recv) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
+    goto done;
+  }
+  {
+    int64_t fill[P];
+    for (int o = 0; o < P; o++) fill[o] = x->req_off[o];
+    for (int64_t id = 0; id < nids; id++)
+      if (need[id]) {
+        int o = sr_plan_kblock_owner(p, id % p->nkb_global, NULL);
+        /* In the step buffer from owner o, items sit in request order. */
+        x->slot_of[id] = (int32_t)(fill[o] - x->req_off[o]);
+        x->req_ids[fill[o]++] = id;
+      }
+  }
+  for (int o = 0; o < P; o++) {
+    int64_t c = x->req_off[o + 1] - x->req_off[o];
+    if (c > INT_MAX) {
+      st = sr__seterr(SR_ERR_SHAPE, "request list of %lld blocks is too long", (long long)c);
+      goto done;
+    }
+    cnt_send[o] = (int)c;
+    dis_send[o] = (int)x->req_off[o];
+  }
+done:
+  /* Every rank must reach the collectives below or none: agree first. */
+  st = sr_comm_agree(comm, st);
+  if (st == SR_OK && mode == SR_EXCHANGE_SELECTED) {
+    int rc = MPI_Alltoall(cnt_send, 1, MPI_INT, cnt_recv, 1, MPI_INT, comm);
+    st = sr__mpi_check(rc, "MPI_Alltoall(request counts)", __FILE__, __LINE__);
+    int64_t total = 0;
+    if (st == SR_OK) {
+      for (int o = 0; o < P; o++) {
+        dis_recv[o] = (int)total;
+        x->send_off[o] = total;
+        total += cnt_recv[o];
+      }
+      x->send_off[P] = total;
+      x->send_ids = sr__alloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
+      if (!x->send_ids) st = sr__seterr(SR_ERR_NOMEM, "out of memory for request lists");
+    }
+    st = sr_comm_agree(comm, st);
+    if (st == SR_OK) {
+      rc = MPI_Alltoallv(x->req_ids, cnt_send, dis_send, MPI_INT64_T, x->send_ids, cnt_recv,
+                         dis_recv, MPI_INT64_T, comm);
+      st = sr__mpi_check(rc, "MPI_Alltoallv(request ids)", __FILE__, __LINE__);
+    }
+  }
+  sr__free(need);
+  sr__free(cnt_send);
+  sr__free(cnt_recv);
+  sr__free(dis_send);
+  sr__free(dis_recv);
+  if (st != SR_OK) sr_xplan_free(x);
+  return st;
+}
+
+/* Packs the items `ids[0..n)` of this rank (K items then V items) into buf. */
+static void pack_items(const sr_xplan *x, const sr_plan *p, const int64_t *ids, int64_t n,
+                       const float *k_local, const float *v_local, float *buf) {
+  const size_t it = x->item_floats;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t h = ids[i] / x->nkb_global, j = ids[i] % x->nkb_global, lb = 0;
+    sr_plan_kblock_owner(p, j, &lb);
+    size_t src = (size_t)(h * x->nkb_local + lb) * it;
+    memcpy(buf + (size_t)i * it, k_local + src, it * sizeof(float));
+    memcpy(buf + (size_t)(n + i) * it, v_local + src, it * sizeof(float));
+  }
+}
+
+sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const float *k_local,
+                      const float *v_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
+                      double progress_every_s) {
+  const int P = x->nranks, me = x->rank;
+  const size_t it = x->item_floats;
+  const size_t shard_floats = (size_t)x->kv_heads * (size_t)x->nkb_local * it;
+  sr_ring_times tm = {0};
+  sr_status st = SR_OK, cb = SR_OK;
+  float *recv[2] = {NULL, NULL}, *send[2] = {NULL, NULL}, *local = NULL;
+
+  /* Buffer sizes: dense ring moves whole shards (K then V); selected moves the largest list. */
+  size_t recv_floats = 0, send_floats = 0;
+  if (x->mode == SR_EXCHANGE_DENSE_RING) {
+    recv_floats = 2 * shard_floats;
+  } else {
+    for (int o = 0; o < P; o++) {
+      size_t r = (size_t)(x->req_off[o + 1] - x->req_off[o]) * 2 * it;
+      size_t s = (size_t)(x->send_off[o + 1] - x->send_off[o]) * 2 * it;
+      if (r > recv_floats) recv_floats = r;
+      if (s > send_floats) send_floats = s;
+    }
+  }
+  if (P > 1) {
+    for (int b = 0; b < 2; b++) {
+      if (recv_floats) recv[b] = sr__alloc(recv_floats * sizeof(float));
+      if (send_floats) send[b] = sr__alloc(send_floats * sizeof(float));
+      if ((recv_floats && !recv[b]) || (send_floats && !send[b]))
+        st = sr__seterr(SR_ERR_NOMEM, "out of memory for ring buffers (%zu bytes)",
+                        (recv_floats + send_floats) * sizeof(float));
+    }
+    if (x->mode == SR_EXCHANGE_DENSE_RING && st == SR_OK) {
+      local = sr__alloc(2 * shard_floats * sizeof(float));
+      if (!local) st = sr__seterr(SR_ERR_NOMEM, "out of memory for the ring shard copy");
+      else {
+        memcpy(local, k_local, shard_floats * sizeof(float));
+        memcpy(local + shard_floats, v_local, shard_floats * sizeof(float));
+      }
+    }
+  }
+  st = sr_comm_agree(t->world->comm, st);
+  if (st != SR_OK) goto out;
+
+  /* post(s): ring step s (1..P-1) into buffer parity s&1. */
+#define RING_POST(s)                                                                               \
+  do {                                                                                             \
+    int dst_ = (me + (s)) % P, src_ = (me - (s) + P) % P;                                          \
+    double t0_ = sr__now();                                                                        \
+    if (x->mode == SR_EXCHANGE_DENSE_RING) {                                                       \
+      const float *sb_ = (s) == 1 ? local : recv[((s) - 1) & 1];                                   \
+      dst_ = (me + 1) % P;                                                                         \
+      src_ = (me - 1 + P) % P;                                                                     \
+      st = t->step_post(t, (s), sb_, 2 * shard_floats * sizeof(float), dst_, recv[(s) & 1],        \
+                        2 * shard_floats * sizeof(float), src_);                                   \
+      if (st == SR_OK) {                                                                           \
+        x->bytes_sent += 2 * shard_floats * sizeof(float);                                         \
+        x->bytes_recv += 2 * shard_floats * sizeof(float);                                         \
+        x->items_recv += (uint64_t)x->kv_heads * (uint64_t)x->nkb_local;                           \
+      }                                                                                            \
+    } else {                                                                                       \
+      int64_t ns_ = x->send_off[dst_ + 1] - x->send_off[dst_];                                     \
+      int64_t nr_ = x->req_off[src_ + 1] - x->req_off[src_];                                       \
+      pack_items(x, p, x->send_ids + x->send_off[dst_], ns_, k_local, v_local, send[(s) & 1]);     \
+      st = t->step_post(t, (s), send[(s) & 1], (size_t)ns_ * 2 * it * sizeof(float), dst_,         \
+                        recv[(s) & 1], (size_t)nr_ * 2 * it * sizeof(float), src_);                \
+      if (st == SR_OK) {                                                                           \
+        x->bytes_sent += (uint64_t)ns_ * 2 * it * sizeof(float);                                   \
+        x->bytes_recv += (uint64_t)nr_ * 2 * it * sizeof(float);                                   \
+        x->items_recv += (uint64_t)nr_;                                                            \
+      }                                                                                            \
+    }                                                                                              \
+    tm.exchange_s += sr__now() - t0_;                                                              \
+  } while (0)
+
+  if (P > 1) RING_POST(1);
+  if (st != SR_OK) goto out; /* a failed post is an MPI failure: no peer can be served */
+  double t0 = sr__now(), last_print = t0;
+  cb = fn(ctx, 0, me, k_local, v_local);
+  tm.compute_s += sr__now() - t0;
+  for (int s = 1; s < P; s++) {
+    double w0 = sr__now();
+    st = t->step_wait(t, s);
+    tm.exchange_s += sr__now() - w0;
+    if (st != SR_OK) goto out;
+    if (s + 1 < P) RING_POST(s + 1);
+    if (st != SR_OK) goto out;
+    int src = x->mode == SR_EXCHANGE_DENSE_RING ? (me - s + P) % P : (me - s + P) % P;
+    const float *kb = recv[s & 1];
+    size_t nitems = x->mode == SR_EXCHANGE_DENSE_RING
+                        ? (size_t)x->kv_heads * (size_t)x->nkb_local
+                        : (size_t)(x->req_off[src + 1] - x->req_off[src]);
+    /* Keep computing only while everything is fine; keep communicating regardless. */
+    if (cb == SR_OK && nitems > 0) {
+      double c0 = sr__now();
+      cb = fn(ctx, s, src, kb, kb + nitems * it);
+      tm.compute_s += sr__now() - c0;
+    }
+    if (progress_every_s > 0 && me == 0 && sr__now() - last_print > progress_every_s) {
+      last_print = sr__now();
+      printf("#   ring step %d/%d done (%.1f s)\n", s, P - 1, last_print - t0);
+      fflush(stdout);
+    }
+  }
+  st = cb;
+#undef RING_POST
+out:
+  for (int b = 0; b < 2; b++) {
+    sr__free(recv[b]);
+    sr__free(send[b]);
+  }
+  sr__free(local);
+  if (times) {
+    times->exchange_s += tm.exchange_s;
+    times->compute_s += tm.compute_s;
+  }
+  return st;
+}

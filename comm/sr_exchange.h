@@ -1,0 +1,66 @@
+/*
+ * sr_exchange.h — which KV blocks move between ranks, and the ring that moves them.
+ *
+ * Selected mode (the point of sparsering): every rank unions the remote (kv-head, key-block)
+ * pairs its selection needs (q-heads of one GQA group share the fetch), sends each owner its
+ * request list (MPI_Alltoall counts + MPI_Alltoallv ids), then P-1 ring-shift steps move
+ * exactly those blocks: at step t rank r sends to (r+t) mod P what that rank asked of it and
+ * receives from (r-t) mod P what it asked of that rank. Dense-ring mode passes whole KV shards
+ * around the ring instead (classic ring attention): at step t rank r holds rank (r-t)'s shard.
+ *
+ * Step buffers are slot pools (kernels.h): K items then V items, each item bk*d floats. Item
+ * (kv-head h, global key block j) sits in its step buffer at slot slot_of[h*nkb_global + j];
+ * for the rank's own blocks and in dense-ring mode that is h*nkb_local + local block.
+ *
+ * Overlap: the compute callback runs on the local shard while step 1 is in flight, and on the
+ * buffer of step t while step t+1 is in flight (two receive and two send buffers).
+ */
+#ifndef SR_EXCHANGE_H
+#define SR_EXCHANGE_H
+
+#include "sr_comm.h"
+#include "sr_config.h"
+#include "sr_plan.h"
+#include "sr_select.h"
+
+#include <stdint.h>
+
+typedef struct sr_xplan {
+  int nranks, rank;
+  sr_exchange_mode mode;
+  int kv_heads;
+  int64_t nkb_global, nkb_local;
+  size_t item_floats;          /* bk * d: one K (or V) block                               */
+  /* selected mode: what I request from each owner, what each rank requests from me */
+  int64_t *req_off;            /* [P+1] offsets into req_ids (ids grouped by owner)          */
+  int64_t *req_ids;            /* id = kv_head * nkb_global + global key block, ascending    */
+  int64_t *send_off;           /* [P+1] offsets into send_ids (grouped by requester)         */
+  int64_t *send_ids;
+  int32_t *slot_of;            /* [kv_heads * nkb_global]                                    */
+  /* counters of this rank, accumulated over calls of sr_ring_run */
+  uint64_t bytes_sent, bytes_recv, items_recv;
+} sr_xplan;
+
+/* Collective (exchanges request lists in selected mode). */
+sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
+                         sr_exchange_mode mode, MPI_Comm comm);
+void sr_xplan_free(sr_xplan *x);
+
+/* Called once per source: src == own rank first (local shard), then each arriving step. k and v
+ * are slot pools; `step` is 0 for local, t for ring step t. */
+typedef sr_status (*sr_step_fn)(void *ctx, int step, int src, const float *k, const float *v);
+
+typedef struct sr_ring_times {
+  double exchange_s;  /* packing + waiting for messages (not hidden by compute) */
+  double compute_s;   /* inside the callback */
+} sr_ring_times;
+
+/* Collective. k_local, v_local: [kv_heads][n_local][d]. Runs the P-1 steps overlapped with the
+ * callback. Every rank calls the callback P times at most (a step with nothing is skipped in
+ * selected mode). Optional progress: if progress_every_s > 0 rank 0 prints a line when a step
+ * ends more than that many seconds after the previous line. */
+sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const float *k_local,
+                      const float *v_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
+                      double progress_every_s);
+
+#endif

@@ -1,0 +1,132 @@
+/*
+ * sr_attend.c — per-source work lists and the ring callback (see sr_attend.h).
+ *
+ * Why split per source: a rank can only compute the blocks whose K/V it holds at that moment,
+ * so the CSR for step t lists exactly the selected blocks owned by rank (r - t) mod P, with
+ * slots pointing into that step's buffer. Local blocks are computed first (step 0), which
+ * also initialises every accumulator row (rows with no local block get lse = -inf).
+ */
+#include "sr_attend.h"
+#include "sr_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+int64_t sr_block_pairs(int64_t qpos, int bq, int64_t kpos, int bk) {
+  int64_t total = 0;
+  for (int i = 0; i < bq; i++) {
+    int64_t visible = qpos + i - kpos + 1; /* keys kpos..qpos+i */
+    if (visible <= 0) continue;
+    total += visible < bk ? visible : bk;
+  }
+  return total;
+}
+
+void sr_attend_free(sr_attend *a) {
+  if (a->row_ptr)
+    for (int s = 0; s < a->nsrc; s++) {
+      sr__free(a->row_ptr[s]);
+      sr__free(a->slot[s]);
+      sr__free(a->kpos[s]);
+    }
+  sr__free(a->row_ptr);
+  sr__free(a->slot);
+  sr__free(a->kpos);
+  sr__free(a->nnz);
+  sr__free(a->qpos);
+  sr__free(a->part_out);
+  sr__free(a->part_lse);
+  *a = (sr_attend){0};
+}
+
+sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const float *q,
+                         const sr_selection *sel, const sr_xplan *x, float *out, float *lse) {
+  *a = (sr_attend){.plan = p, .be = be, .q = q, .out = out, .lse = lse, .nsrc = p->nranks};
+  a->scale = 1.0f / sqrtf((float)p->d);
+  const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
+  const int P = p->nranks;
+  a->qpos = sr__alloc((size_t)p->nqb_local * sizeof(int64_t));
+  a->row_ptr = sr__calloc((size_t)P, sizeof(int64_t *));
+  a->slot = sr__calloc((size_t)P, sizeof(int32_t *));
+  a->kpos = sr__calloc((size_t)P, sizeof(int64_t *));
+  a->nnz = sr__calloc((size_t)P, sizeof(int64_t));
+  if (!a->qpos || !a->row_ptr || !a->slot || !a->kpos || !a->nnz) goto nomem;
+  for (int64_t m = 0; m < p->nqb_local; m++)
+    a->qpos[m] = sr_plan_qblock_global(p, p->rank, m) * p->bq;
+
+  /* Owner of each entry, counted per source and row. */
+  for (int s = 0; s < P; s++) {
+    a->row_ptr[s] = sr__calloc((size_t)rows + 1, sizeof(int64_t));
+    if (!a->row_ptr[s]) goto nomem;
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
+      a->row_ptr[sr_plan_kblock_owner(p, sel->col[e], NULL)][r + 1]++;
+  for (int s = 0; s < P; s++) {
+    for (int64_t r = 0; r < rows; r++) a->row_ptr[s][r + 1] += a->row_ptr[s][r];
+    a->nnz[s] = a->row_ptr[s][rows];
+    size_t n = (size_t)(a->nnz[s] > 0 ? a->nnz[s] : 1);
+    a->slot[s] = sr__alloc(n * sizeof(int32_t));
+    a->kpos[s] = sr__alloc(n * sizeof(int64_t));
+    if (!a->slot[s] || !a->kpos[s]) goto nomem;
+  }
+  {
+    int64_t *fill = sr__calloc((size_t)P, sizeof(int64_t));
+    if (!fill) goto nomem;
+    for (int64_t r = 0; r < rows; r++) {
+      int kvh = (int)((r / p->nqb_local) / p->group);
+      int64_t m = r % p->nqb_local;
+      for (int s = 0; s < P; s++) fill[s] = a->row_ptr[s][r];
+      for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++) {
+        int64_t j = sel->col[e];
+        int s = sr_plan_kblock_owner(p, j, NULL);
+        int64_t f = fill[s]++;
+        a->slot[s][f] = x->slot_of[kvh * p->nkb_global + j];
+        a->kpos[s][f] = j * p->bk;
+        a->pairs_computed += (uint64_t)sr_block_pairs(a->qpos[m], p->bq, j * p->bk, p->bk);
+      }
+    }
+    sr__free(fill);
+  }
+  if (P > 1) {
+    size_t nrow = (size_t)p->q_heads * (size_t)p->n_local;
+    a->part_out = sr__alloc(nrow * (size_t)p->d * sizeof(float));
+    a->part_lse = sr__alloc(nrow * sizeof(float));
+    if (!a->part_out || !a->part_lse) goto nomem;
+  }
+  return SR_OK;
+nomem:
+  sr_attend_free(a);
+  return sr__seterr(SR_ERR_NOMEM, "out of memory building attention work lists");
+}
+
+sr_status sr_attend_step(void *ctx, int step, int src, const float *k, const float *v) {
+  sr_attend *a = ctx;
+  const sr_plan *p = a->plan;
+  const bool local = step == 0;
+  if (!local && a->nnz[src] == 0) return SR_OK;
+  sr_attn_args args = {
+      .q_heads = p->q_heads,
+      .d = p->d,
+      .bq = p->bq,
+      .bk = p->bk,
+      .nqb = (int)p->nqb_local,
+      .nq = p->n_local,
+      .q = a->q,
+      .qpos = a->qpos,
+      .k = k,
+      .v = v,
+      .row_ptr = a->row_ptr[src],
+      .slot = a->slot[src],
+      .kpos = a->kpos[src],
+      .kv_limit = p->n,
+      .scale = a->scale,
+      .out = local ? a->out : a->part_out,
+      .lse = local ? a->lse : a->part_lse,
+  };
+  SR_TRY(a->be->attn_fwd(&args));
+  if (!local)
+    SR_TRY(a->be->merge(a->out, a->lse, a->part_out, a->part_lse,
+                        (int64_t)p->q_heads * p->n_local, p->d));
+  return SR_OK;
+}

@@ -1,0 +1,60 @@
+/*
+ * sr_run.h — one whole run: input, summaries, selection, exchange + compute, verification,
+ * output, metrics. Collective over the world communicator; every rank returns the same status.
+ */
+#ifndef SR_RUN_H
+#define SR_RUN_H
+
+#include "sr_comm.h"
+#include "sr_config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+
+enum { SR_PH_GENERATE, SR_PH_SUMMARISE, SR_PH_SELECT, SR_PH_EXCHANGE, SR_PH_COMPUTE,
+       SR_PH_VERIFY, SR_PH_WRITE, SR_PH_TOTAL, SR_PH_COUNT };
+extern const char *const sr_phase_names[SR_PH_COUNT];
+
+typedef struct sr_layer_result {
+  double t[SR_PH_COUNT];        /* seconds, max over ranks                                   */
+  uint64_t bytes_sent;          /* summed over ranks                                         */
+  uint64_t bytes_recv_max;      /* the busiest rank                                          */
+  uint64_t bytes_dense_ring;    /* what dense_ring moves for the same layer, summed          */
+  uint64_t blocks_fetched;      /* remote (kv-head, block) items received, summed            */
+  uint64_t pairs_computed;      /* visible (q, k) pairs computed, all heads, all ranks       */
+  uint64_t pairs_causal;        /* q_heads * N(N+1)/2                                        */
+  uint64_t nnz_blocks;          /* selected (q-head, q-block, k-block) entries               */
+  int top_chunks;               /* Block-Sparse budget used (0 for dense)                   */
+  double sparsity_paper;        /* METHODS.md §3 formula for the method (0 for dense)        */
+  double sparsity_measured;     /* 1 - pairs_computed / pairs_causal                         */
+  double flops_effective;       /* 4 d pairs_causal (dense-equivalent)                       */
+  double flops_sparse;          /* 4 d pairs_computed                                        */
+  /* quality (verify.rows != 0): per q-head then summarised */
+  int verified;
+  int64_t rows_checked;
+  double relerr_max, relerr_mean, recall_mean, recall_min, lse_maxerr;
+  int64_t needles, needle_hits;
+  double *head_relerr, *head_recall; /* [q_heads], owned */
+} sr_layer_result;
+
+typedef struct sr_run_result {
+  int nranks, threads;
+  const char *backend, *transport;
+  int layers;
+  sr_layer_result *layer; /* [layers], owned */
+  double wall_s;
+  char *rank_map;         /* "rank 0: host (threads 1)\n..." owned, rank 0 only */
+} sr_run_result;
+
+/* Runs cfg on the world. Results are complete on rank 0 (times and sums are reduced). */
+sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res);
+void sr_run_result_free(sr_run_result *res);
+
+/* Rank 0: prints the `#` header, per-layer rows and the summary (nccl-tests manner). */
+void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f);
+/* Rank 0: writes the same as JSON; SR_ERR_IO if the file cannot be written. */
+sr_status sr_report_json(const sr_config *cfg, const sr_run_result *res, const char *path);
+/* The same JSON as a malloc'd string (stored as an HDF5 attribute). */
+char *sr_report_json_string(const sr_config *cfg, const sr_run_result *res, int layer);
+
+#endif

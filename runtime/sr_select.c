@@ -1,0 +1,183 @@
+/*
+ * sr_select.c — the prefill selection methods: dense and Block-Sparse (METHODS.md §2.3).
+ *
+ * Block-Sparse, as the paper's code (minference/block.py) defines it, per q-head:
+ *   qb[m] = mean of q rows in block m, kb[j] = mean of k rows in block j (no 1/sqrt(d));
+ *   P = qb . kb^T; P[m, diag] = P[m, diag-1] = +inf; P[:, 0] = +inf; future blocks -inf;
+ *   keep the top K = min(top_chunks, nblocks) of row m, of which the causal min(m+1, K).
+ * Here "diag" is the last key block a q-block can see, so bq != bk also works; with bq == bk
+ * it is block m exactly as in the paper. Top-k ties go to the lower block id; since the
+ * scores of a block depend only on its own rows, the selection is identical for any rank
+ * count.
+ */
+#include "sr_select.h"
+#include "sr_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void sr_selection_free(sr_selection *sel) {
+  sr__free(sel->row_ptr);
+  sr__free(sel->col);
+  *sel = (sr_selection){0};
+}
+
+void sr_summaries_free(sr_summaries *sum) {
+  sr__free(sum->kmean);
+  *sum = (sr_summaries){0};
+}
+
+double sr_block_sparse_sparsity(int64_t nblocks, int64_t k) {
+  double N = (double)nblocks, K = (double)(k < nblocks ? k : nblocks);
+  return 1.0 - (K * (K + 1) / 2 + (N - K) * K) / (N * (N + 1) / 2);
+}
+
+int sr_block_sparse_budget(int64_t nblocks, double target) {
+  /* Sparsity decreases monotonically in k: binary search the crossing, then take the closer
+   * of its two neighbours (as the paper's Table 3 budgets do). */
+  int64_t lo = 3, hi = nblocks > 3 ? nblocks : 3;
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (sr_block_sparse_sparsity(nblocks, mid) > target) lo = mid + 1;
+    else hi = mid;
+  }
+  int64_t best = lo;
+  if (lo > 3 && fabs(sr_block_sparse_sparsity(nblocks, lo - 1) - target) <=
+                    fabs(sr_block_sparse_sparsity(nblocks, lo) - target))
+    best = lo - 1;
+  return (int)best;
+}
+
+/* Last key block visible from the q-block starting at qpos (bq rows). */
+static int64_t diag_block(const sr_plan *p, int64_t qpos) { return (qpos + p->bq - 1) / p->bk; }
+
+static sr_status alloc_rows(const sr_plan *p, sr_selection *sel) {
+  *sel = (sr_selection){.q_heads = p->q_heads, .nqb = p->nqb_local};
+  sel->row_ptr = sr__calloc((size_t)p->q_heads * (size_t)p->nqb_local + 1, sizeof(int64_t));
+  if (!sel->row_ptr) return sr__seterr(SR_ERR_NOMEM, "out of memory for the selection");
+  return SR_OK;
+}
+
+sr_status sr_select_dense(const sr_plan *p, sr_selection *sel) {
+  SR_TRY(alloc_rows(p, sel));
+  const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t qpos = sr_plan_qblock_global(p, p->rank, r % p->nqb_local) * p->bq;
+    sel->row_ptr[r + 1] = sel->row_ptr[r] + diag_block(p, qpos) + 1;
+  }
+  sel->nnz = sel->row_ptr[rows];
+  sel->col = sr__alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t));
+  if (!sel->col) {
+    sr_selection_free(sel);
+    return sr__seterr(SR_ERR_NOMEM, "out of memory for the dense selection (%lld blocks)",
+                      (long long)sel->nnz);
+  }
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
+      sel->col[e] = (int32_t)(e - sel->row_ptr[r]);
+  return SR_OK;
+}
+
+static int cmp_i32(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const float *q,
+                                 const sr_summaries *sum, int top_chunks, sr_selection *sel) {
+  if (top_chunks < 3)
+    return sr__seterr(SR_ERR_CONFIG, "attention.top_chunks: %d is below 3", top_chunks);
+  SR_TRY(alloc_rows(p, sel));
+  const int64_t nqb = p->nqb_local, nkb = p->nkb_global;
+  const int64_t K = top_chunks < nkb ? top_chunks : nkb;
+  sel->top_chunks = (int)K;
+  const int64_t rows = (int64_t)p->q_heads * nqb;
+  /* Row lengths are known before scoring: min(causal blocks, K). */
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t qpos = sr_plan_qblock_global(p, p->rank, r % nqb) * p->bq;
+    int64_t causal = diag_block(p, qpos) + 1;
+    sel->row_ptr[r + 1] = sel->row_ptr[r] + (causal < K ? causal : K);
+  }
+  sel->nnz = sel->row_ptr[rows];
+  sel->col = sr__alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t));
+  float *qmean = sr__alloc((size_t)p->q_heads * (size_t)nqb * (size_t)p->d * sizeof(float));
+  /* Scores are computed a tile of q-blocks at a time to bound memory at long N. */
+  const int64_t tile = 64;
+  float *scores = sr__alloc((size_t)tile * (size_t)nkb * sizeof(float));
+  int32_t *idx = sr__alloc((size_t)tile * (size_t)K * sizeof(int32_t));
+  sr_status st = SR_OK;
+  if (!sel->col || !qmean || !scores || !idx) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Block-Sparse selection");
+    goto done;
+  }
+  st = be->pool_mean(q, p->q_heads, p->n_local, p->d, p->bq, qmean);
+  if (st != SR_OK) goto done;
+  for (int h = 0; h < p->q_heads && st == SR_OK; h++) {
+    const float *kb = sum->kmean + (size_t)(h / p->group) * (size_t)nkb * (size_t)p->d;
+    for (int64_t m0 = 0; m0 < nqb && st == SR_OK; m0 += tile) {
+      int64_t nt = nqb - m0 < tile ? nqb - m0 : tile;
+      st = be->block_scores(qmean + ((size_t)h * nqb + m0) * p->d, nt, kb, nkb, p->d, scores);
+      if (st != SR_OK) break;
+      sr_status loop_st = SR_OK;
+#pragma omp parallel for schedule(dynamic, 4)
+      for (int64_t i = 0; i < nt; i++) {
+        int64_t m = m0 + i, r = h * nqb + m;
+        int64_t qpos = sr_plan_qblock_global(p, p->rank, m) * p->bq;
+        int64_t dg = diag_block(p, qpos), causal = dg + 1;
+        int64_t keep = sel->row_ptr[r + 1] - sel->row_ptr[r];
+        float *s = scores + (size_t)i * nkb;
+        s[0] = INFINITY;
+        s[dg] = INFINITY;
+        if (dg >= 1) s[dg - 1] = INFINITY;
+        int32_t *out = idx + (size_t)i * K;
+        /* Only causal blocks are candidates; future blocks would be -inf and never visited. */
+        sr_status ts = be->topk(s, causal, (int)keep, out);
+        if (ts != SR_OK) {
+#pragma omp critical
+          loop_st = ts;
+          continue;
+        }
+        qsort(out, (size_t)keep, sizeof(int32_t), cmp_i32);
+        memcpy(sel->col + sel->row_ptr[r], out, (size_t)keep * sizeof(int32_t));
+      }
+      st = loop_st;
+    }
+  }
+done:
+  sr__free(qmean);
+  sr__free(scores);
+  sr__free(idx);
+  if (st != SR_OK) sr_selection_free(sel);
+  return st;
+}
+
+sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, sr_transport *t,
+                              const float *k_local, sr_summaries *sum) {
+  *sum = (sr_summaries){.kv_heads = p->kv_heads, .d = p->d, .nkb = p->nkb_global};
+  const size_t local_floats = (size_t)p->kv_heads * (size_t)p->nkb_local * (size_t)p->d;
+  float *mine = sr__alloc(local_floats * sizeof(float));
+  float *all = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
+  sum->kmean = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
+  sr_status st = SR_OK;
+  if (!mine || !all || !sum->kmean)
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for key-block summaries");
+  if (st == SR_OK) st = be->pool_mean(k_local, p->kv_heads, p->n_local, p->d, p->bk, mine);
+  st = sr_comm_agree(t->world->comm, st);
+  if (st == SR_OK) st = t->allgather(t, mine, local_floats * sizeof(float), all);
+  if (st == SR_OK) {
+    /* [rank][kv_head][local block][d] -> [kv_head][global block][d] */
+    for (int r = 0; r < p->nranks; r++)
+      for (int h = 0; h < p->kv_heads; h++)
+        for (int64_t b = 0; b < p->nkb_local; b++) {
+          int64_t j = sr_plan_kblock_global(p, r, b);
+          memcpy(sum->kmean + ((size_t)h * p->nkb_global + j) * p->d,
+                 all + (((size_t)r * p->kv_heads + h) * p->nkb_local + b) * p->d,
+                 (size_t)p->d * sizeof(float));
+        }
+  }
+  sr__free(mine);
+  sr__free(all);
+  if (st != SR_OK) sr_summaries_free(sum);
+  return st;
+}

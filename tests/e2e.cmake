@@ -1,0 +1,48 @@
+# End to end through the CLI: the same run on 1, 2, 3 and 4 ranks must give the same selection
+# and the same output (<= 1e-6 relative), in both exchange modes; the files must be complete
+# HDF5 that h5dump reads; a dense run must match the exact reference (verify, all rows).
+add_executable(h5cmp h5cmp.c)
+target_link_libraries(h5cmp PRIVATE HDF5::HDF5 MPI::MPI_C m)
+
+set(SR_E2E_DIR ${CMAKE_CURRENT_BINARY_DIR}/e2e)
+file(MAKE_DIRECTORY ${SR_E2E_DIR})
+set(SR_E2E_ARGS -q -f --set seq_len=3072 --set model.layers=2 --set model.q_heads=4
+    --set model.kv_heads=2 --set attention.block_q=16 --set attention.block_k=16
+    --set attention.sparsity=0.8 --set verify.rows=8)
+
+foreach(mode selected dense_ring)
+  foreach(np 1 2 3 4)
+    sr_mpi_test(e2e_${mode}_np${np} NP ${np}
+                COMMAND $<TARGET_FILE:sparsering_cli> ${SR_E2E_ARGS} --set exchange=${mode}
+                        -o ${SR_E2E_DIR}/${mode}_np${np}.h5 LABELS e2e)
+    set_tests_properties(e2e_${mode}_np${np} PROPERTIES FIXTURES_SETUP e2e_${mode})
+  endforeach()
+  foreach(np 2 3 4)
+    add_test(NAME e2e_${mode}_agree_np${np}
+             COMMAND h5cmp ${SR_E2E_DIR}/${mode}_np1.h5 ${SR_E2E_DIR}/${mode}_np${np}.h5 2 1e-6)
+    set_tests_properties(e2e_${mode}_agree_np${np} PROPERTIES FIXTURES_REQUIRED e2e_${mode} LABELS e2e)
+  endforeach()
+endforeach()
+add_test(NAME e2e_modes_agree COMMAND h5cmp ${SR_E2E_DIR}/selected_np3.h5 ${SR_E2E_DIR}/dense_ring_np3.h5 2 1e-6)
+set_tests_properties(e2e_modes_agree PROPERTIES FIXTURES_REQUIRED "e2e_selected;e2e_dense_ring" LABELS e2e)
+
+find_program(SR_H5DUMP h5dump)
+if(SR_H5DUMP)
+  add_test(NAME e2e_h5dump COMMAND ${SR_H5DUMP} -H ${SR_E2E_DIR}/selected_np2.h5)
+  set_tests_properties(e2e_h5dump PROPERTIES FIXTURES_REQUIRED e2e_selected LABELS e2e
+                       PASS_REGULAR_EXPRESSION "DATASET \"out\".*DATASET \"indices\"")
+endif()
+
+# A valid HDF5 file that is not an input (no /layers/0/q): a shape error naming the dataset.
+sr_error_test(wrong_shape_input EXIT 3 REGEX "/layers/0/q" NP 2
+              ARGS ${SR_SMALL} --set input.source=hdf5 --set input.path=${SR_E2E_DIR}/selected_np2.h5)
+set_tests_properties(err_wrong_shape_input PROPERTIES FIXTURES_REQUIRED e2e_selected)
+
+# Dense attention through the whole CLI equals the exact float64 reference on every row.
+sr_mpi_test(e2e_dense_exact NP 3
+            COMMAND $<TARGET_FILE:sparsering_cli> -q --set seq_len=1536 --set attention.method=dense
+                    --set verify.rows=-1 --set report.json=${SR_E2E_DIR}/dense.json LABELS e2e)
+add_test(NAME e2e_dense_exact_check
+         COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_json.sh ${SR_E2E_DIR}/dense.json relerr_max 1e-5)
+set_tests_properties(e2e_dense_exact PROPERTIES FIXTURES_SETUP e2e_dense)
+set_tests_properties(e2e_dense_exact_check PROPERTIES FIXTURES_REQUIRED e2e_dense LABELS e2e)

@@ -1,0 +1,212 @@
+/*
+ * test_plan_select.c — sharding arithmetic, the Block-Sparse budget formula against the
+ * paper's Table 3, and the Block-Sparse selection rules on constructed scores.
+ */
+#include "kernels.h"
+#include "sr_config.h"
+#include "sr_plan.h"
+#include "sr_select.h"
+#include "sr_test.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t g_seed;
+
+static sr_config base_config(int64_t n, int bq, int bk, sr_shard_scheme shard) {
+  sr_config c;
+  sr_config_defaults(&c);
+  c.q_heads = 4;
+  c.kv_heads = 2;
+  c.head_dim = 8;
+  c.seq_len = n;
+  c.block_q = bq;
+  c.block_k = bk;
+  c.shard = shard;
+  return c;
+}
+
+static void test_zigzag_ownership(void **st) {
+  (void)st;
+  for (int P = 1; P <= 4; P++)
+    for (int shard = 0; shard < 2; shard++) {
+      sr_config c = base_config(1536, 16, 32, (sr_shard_scheme)shard);
+      int64_t *count = calloc(1536, sizeof(int64_t));
+      for (int r = 0; r < P; r++) {
+        sr_plan p;
+        assert_int_equal(sr_plan_init(&p, &c, P, r), SR_OK);
+        assert_int_equal(p.n_local * P, 1536);
+        for (int64_t i = 0; i < p.n_local; i++) {
+          int64_t pos = sr_plan_global_pos(&p, r, i);
+          assert_true(pos >= 0 && pos < 1536);
+          count[pos]++;
+          assert_int_equal(sr_plan_owner_of_pos(&p, pos), r);
+          assert_int_equal(sr_plan_local_row(&p, pos), i);
+          if (i > 0) assert_true(pos > sr_plan_global_pos(&p, r, i - 1)); /* ascending */
+        }
+        if (shard == SR_SHARD_ZIGZAG) { /* chunks r and 2P-1-r */
+          assert_int_equal(sr_plan_global_pos(&p, r, 0), (int64_t)r * p.chunk_tokens);
+          assert_int_equal(sr_plan_global_pos(&p, r, p.chunk_tokens),
+                           (int64_t)(2 * P - 1 - r) * p.chunk_tokens);
+        }
+        for (int64_t b = 0; b < p.nkb_local; b++) {
+          int64_t j = sr_plan_kblock_global(&p, r, b), lb = -1;
+          assert_int_equal(sr_plan_kblock_owner(&p, j, &lb), r);
+          assert_int_equal(lb, b);
+        }
+      }
+      for (int64_t i = 0; i < 1536; i++) assert_int_equal(count[i], 1);
+      free(count);
+    }
+}
+
+static void test_plan_errors(void **st) {
+  (void)st;
+  sr_plan p;
+  sr_config c = base_config(1000, 16, 16, SR_SHARD_ZIGZAG);
+  assert_int_equal(sr_plan_init(&p, &c, 4, 0), SR_ERR_SHAPE);
+  assert_non_null(strstr(sr_last_error(), "seq_len 1000"));
+  c = base_config(384, 64, 64, SR_SHARD_ZIGZAG); /* chunks of 48 tokens: not whole 64-blocks */
+  assert_int_equal(sr_plan_init(&p, &c, 4, 0), SR_ERR_SHAPE);
+  assert_non_null(strstr(sr_last_error(), "block_q 64"));
+  c = base_config(384, 16, 16, SR_SHARD_ZIGZAG);
+  assert_int_equal(sr_plan_init(&p, &c, 4, 3), SR_OK);
+  c.kv_heads = 3;
+  assert_int_equal(sr_plan_init(&p, &c, 4, 3), SR_ERR_SHAPE);
+}
+
+/* Paper Table 3 Block-Sparse top_chunks at 16K/32K/64K (16-token blocks) for budgets
+ * 1/20, 1/15, 1/10, 1/7.5, 1/5, 1/3, 1/2 of n. */
+static void test_budget_table3(void **st) {
+  (void)st;
+  const double target[7] = {1 - 1 / 20.0, 1 - 1 / 15.0, 1 - 1 / 10.0, 1 - 1 / 7.5,
+                            1 - 1 / 5.0,  1 - 1 / 3.0,  0.5};
+  const int want[3][7] = {{26, 35, 53, 71, 108, 188, 300},
+                          {52, 69, 105, 141, 216, 376, 600},
+                          {104, 139, 210, 283, 432, 752, 1200}};
+  for (int n = 0; n < 3; n++)
+    for (int i = 0; i < 7; i++)
+      assert_int_equal(sr_block_sparse_budget(1024 << n, target[i]), want[n][i]);
+  assert_true(fabs(sr_block_sparse_sparsity(1024, 26) - 0.9499) < 1e-4);
+  assert_true(sr_block_sparse_sparsity(1024, 1024) == 0.0);
+  assert_true(sr_block_sparse_sparsity(1024, 5000) == 0.0);
+}
+
+static void test_dense_selection(void **st) {
+  (void)st;
+  sr_config c = base_config(1536, 16, 32, SR_SHARD_ZIGZAG);
+  for (int r = 0; r < 3; r++) {
+    sr_plan p;
+    assert_int_equal(sr_plan_init(&p, &c, 3, r), SR_OK);
+    sr_selection s;
+    assert_int_equal(sr_select_dense(&p, &s), SR_OK);
+    for (int h = 0; h < p.q_heads; h++)
+      for (int64_t m = 0; m < p.nqb_local; m++) {
+        int64_t row = h * p.nqb_local + m, qpos = sr_plan_qblock_global(&p, r, m) * p.bq;
+        int64_t want = (qpos + p.bq - 1) / p.bk + 1;
+        assert_int_equal(s.row_ptr[row + 1] - s.row_ptr[row], want);
+        for (int64_t e = s.row_ptr[row]; e < s.row_ptr[row + 1]; e++)
+          assert_int_equal(s.col[e], e - s.row_ptr[row]);
+      }
+    sr_selection_free(&s);
+  }
+}
+
+
+/* Expected Block-Sparse row: forced {0, diag-1, diag}, then the highest scores among the other
+ * causal blocks (ties: lower id), keep min(causal, K), ascending. */
+static int expected_row(const double *score, int64_t diag, int K, int32_t *out) {
+  int64_t causal = diag + 1, keep = causal < K ? causal : K, n = 0;
+  char *taken = calloc((size_t)causal, 1);
+  taken[0] = 1;
+  taken[diag] = 1;
+  if (diag >= 1) taken[diag - 1] = 1;
+  for (int64_t j = 0; j < causal; j++) n += taken[j];
+  while (n < keep) {
+    int64_t best = -1;
+    for (int64_t j = 0; j < causal; j++)
+      if (!taken[j] && (best < 0 || score[j] > score[best])) best = j;
+    taken[best] = 1;
+    n++;
+  }
+  int cnt = 0;
+  for (int64_t j = 0; j < causal; j++)
+    if (taken[j]) out[cnt++] = (int32_t)j;
+  free(taken);
+  return cnt;
+}
+
+/* Keys of block j are all s_j * e0 (so the block mean is s_j * e0); queries of head h are all
+ * sign_h * e0: the pooled score of (m, j) is sign_h * s_j, known exactly. */
+static void check_constructed(int bq, int bk, int K, int with_tie) {
+  uint64_t seed = g_seed;
+  sr_config c = base_config(512, bq, bk, SR_SHARD_ZIGZAG);
+  c.q_heads = 2;
+  c.kv_heads = 1;
+  sr_plan p;
+  assert_int_equal(sr_plan_init(&p, &c, 1, 0), SR_OK);
+  const int d = p.d;
+  double *score = malloc((size_t)p.nkb_global * sizeof(double));
+  sr_summaries sum = {.kv_heads = 1, .d = d, .nkb = p.nkb_global};
+  sum.kmean = calloc((size_t)p.nkb_global * d, sizeof(float));
+  for (int64_t j = 0; j < p.nkb_global; j++) {
+    score[j] = 1.0 + sr_test_uniform(&seed); /* distinct, positive */
+    if (with_tie && j == 7) score[j] = score[5];
+    sum.kmean[j * d] = (float)score[j];
+  }
+  float *q = calloc((size_t)p.q_heads * p.n_local * d, sizeof(float));
+  for (int h = 0; h < 2; h++)
+    for (int64_t i = 0; i < p.n_local; i++) q[((size_t)h * p.n_local + i) * d] = h == 0 ? 1.0f : -1.0f;
+  sr_selection s;
+  assert_int_equal(sr_select_block_sparse(&p, sr_backend_cpu(), q, &sum, K, &s), SR_OK);
+  assert_int_equal(s.top_chunks, K < p.nkb_global ? K : (int)p.nkb_global);
+  int32_t *want = malloc((size_t)p.nkb_global * sizeof(int32_t));
+  double *neg = malloc((size_t)p.nkb_global * sizeof(double));
+  for (int64_t j = 0; j < p.nkb_global; j++) neg[j] = -score[j];
+  for (int h = 0; h < 2; h++)
+    for (int64_t m = 0; m < p.nqb_local; m++) {
+      int64_t row = h * p.nqb_local + m, qpos = sr_plan_qblock_global(&p, 0, m) * bq;
+      int n = expected_row(h == 0 ? score : neg, (qpos + bq - 1) / bk, K, want);
+      assert_int_equal(s.row_ptr[row + 1] - s.row_ptr[row], n);
+      assert_memory_equal(s.col + s.row_ptr[row], want, (size_t)n * sizeof(int32_t));
+    }
+  sr_selection_free(&s);
+  free(want);
+  free(neg);
+  free(q);
+  free(score);
+  free(sum.kmean);
+}
+
+static void test_block_sparse_rules(void **st) {
+  (void)st;
+  check_constructed(16, 16, 5, 0);
+  check_constructed(16, 16, 3, 0);
+  check_constructed(16, 16, 12, 1); /* tie between blocks 5 and 7: the lower id wins */
+  check_constructed(32, 16, 6, 0);  /* bq != bk: the diagonal is the last visible key block */
+  check_constructed(16, 16, 1000, 0); /* K above the block count: every causal block */
+}
+
+static void test_budget_too_small(void **st) {
+  (void)st;
+  sr_config c = base_config(512, 16, 16, SR_SHARD_ZIGZAG);
+  sr_plan p;
+  assert_int_equal(sr_plan_init(&p, &c, 1, 0), SR_OK);
+  sr_selection s;
+  sr_summaries sum = {0};
+  assert_int_equal(sr_select_block_sparse(&p, sr_backend_cpu(), NULL, &sum, 2, &s), SR_ERR_CONFIG);
+}
+
+int main(void) {
+  g_seed = sr_test_seed("test_plan_select");
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_zigzag_ownership), cmocka_unit_test(test_plan_errors),
+      cmocka_unit_test(test_budget_table3),    cmocka_unit_test(test_dense_selection),
+      cmocka_unit_test(test_block_sparse_rules), cmocka_unit_test(test_budget_too_small),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
