@@ -8,12 +8,15 @@
  *   /layers/<l>/lse           float32 [q_heads][N]      (natural log)
  *   /layers/<l>/selection/indptr  int64 [q_heads*nqb + 1]  CSR over rows r = h*nqb + m
  *   /layers/<l>/selection/indices int32 [nnz]              global key-block ids, ascending
+ *   /layers/<l>/selection     attrs: q_heads, nqb, nkb, block_q, block_k (int64)
  *   /layers/<l>               attrs: metrics (numeric attributes) and metrics_json (string)
- * The file is written as "<path>.partial" and renamed to <path> only after every rank closed
- * it successfully; on failure the partial file is removed. An existing <path> is refused
- * (SR_ERR_EXISTS) unless overwrite is set.
+ * Strings are variable-length UTF-8; `version` is the library version (sr_version()).
+ * The file is written as "<path>.partial" (a stale one is replaced) and renamed to <path> only
+ * after every rank closed it successfully; on failure the partial file is removed. An existing
+ * <path> is refused (SR_ERR_EXISTS) unless overwrite is set, and is only replaced at commit.
  *
- * Input file layout: /layers/<l>/{q,k,v}, [heads][N][d], float32 or float16 (IEEE half).
+ * Input file layout: /layers/<l>/{q,k,v}, [heads][N][d], float32, float16 (IEEE half) or
+ * bfloat16 (HDF5 custom float): any 2- or 4-byte HDF5 float, converted by HDF5 on read.
  *
  * All functions marked "collective" must be called by every rank of the communicator with
  * the same arguments where noted; they return the same status on every rank when the failure
