@@ -168,6 +168,7 @@ char **sr__string_member(sr_config *c, const sr__index *ix, int r);
 void sr__format_real(char *buf, size_t n, double v, bool single);
 void sr__format_bound(char *buf, size_t n, double v);
 void sr__format_range(char *buf, size_t n, int r);
+void sr__format_out_of_range(char *buf, size_t n, int r, const char *shown);
 
 /* Writes into buf the "file:line: " / "--set " prefix of the first of two keys present. */
 typedef void (*sr__where_fn)(void *ctx, char *buf, size_t n, const char *key1, const char *key2);
