@@ -46,3 +46,12 @@ add_test(NAME e2e_dense_exact_check
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_json.sh ${SR_E2E_DIR}/dense.json relerr_max 1e-5)
 set_tests_properties(e2e_dense_exact PROPERTIES FIXTURES_SETUP e2e_dense)
 set_tests_properties(e2e_dense_exact_check PROPERTIES FIXTURES_REQUIRED e2e_dense LABELS e2e)
+
+# Every preset in configs/ parses and validates.
+file(GLOB SR_PRESETS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/configs/*.yaml)
+foreach(preset ${SR_PRESETS})
+  get_filename_component(pname ${preset} NAME_WE)
+  add_test(NAME config_preset_${pname} COMMAND $<TARGET_FILE:sparsering_cli> config -c ${preset})
+  set_tests_properties(config_preset_${pname} PROPERTIES LABELS config ENVIRONMENT "${SR_MPI_ENV}"
+                       PASS_REGULAR_EXPRESSION "seq_len:")
+endforeach()
