@@ -1,0 +1,465 @@
+/*
+ * sr_synth.c — deterministic synthetic q, k, v with dialable attention structure.
+ *
+ * Invariants (docs/SYNTHETIC.md gives the formulas):
+ *   - Every value is a pure function of (seed, layer, which, head, position, dim). Random
+ *     numbers come from a counter-based hash (the splitmix64 finaliser applied to a key built
+ *     from that tuple), never from a stateful generator, so the rows [a, b) are the same
+ *     whether they are asked for in one call or many, on one rank or another.
+ *   - The head dimension is cut into three disjoint parts: 2M "locality" dims (M RoPE pairs),
+ *     F "free" dims that hold the shared sink / heavy-hitter / needle directions, and the
+ *     remaining "noise" dims. Because the parts are disjoint (and a RoPE rotation never
+ *     mixes pairs), the logit q_i.k_j / sqrt(d) is exactly the sum of one term per feature:
+ *       locality * rho(i - j) + sink_strength [j < sink_tokens] + heavy_strength [j heavy]
+ *       + needle_strength [(i, j) a needle pair] + noise * (a standard Gaussian),
+ *     so every strength is in logit units (nats), independent of head_dim.
+ *   - v is an i.i.d. standard Gaussian in every dim: values of order 1 whatever the knobs.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "sr_synth.h"
+#include "sr_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Stream tags: each kind of random quantity draws from its own stream. */
+enum {
+  TAG_Q = 1,
+  TAG_K = 2,
+  TAG_V = 3,
+  TAG_PHASE = 4,
+  TAG_DIR = 5,
+  TAG_HEAVY = 6,
+  TAG_NEEDLE_Q = 7,
+  TAG_NEEDLE_K = 8,
+};
+
+#define GOLDEN 0x9E3779B97F4A7C15ull
+#define TWO_PI 6.283185307179586476925286766559
+#define LO_BITS 10
+#define LO_SIZE (1 << LO_BITS)
+
+/* The splitmix64 finaliser: a bijection of 64-bit words with full avalanche. */
+static inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+/* Key of a stream: (seed, tag, layer, head). Each field passes through its own mix so that
+ * nearby tuples give unrelated keys. */
+static uint64_t stream_key(uint64_t seed, int tag, int layer, int head) {
+  uint64_t h = mix64(seed + GOLDEN);
+  h = mix64(h ^ mix64((uint64_t)tag * 0xD1B54A32D192ED03ull + 1));
+  h = mix64(h ^ mix64((uint64_t)(uint32_t)layer + 0x8CB92BA72F3D8DD7ull));
+  h = mix64(h ^ mix64((uint64_t)(uint32_t)head + 0xABC98388FB8FAC03ull));
+  return h;
+}
+
+/* The counter: element `idx` of stream `key` (splitmix64 addressing). */
+static inline uint64_t stream_at(uint64_t key, uint64_t idx) {
+  return mix64(key + (idx + 1) * GOLDEN);
+}
+
+/* Uniform in (0, 1) from the top 53 bits. */
+static inline double u01(uint64_t x) { return ((double)(x >> 11) + 0.5) * 0x1.0p-53; }
+
+/* A standard Gaussian from one 64-bit word: the inverse normal CDF of a uniform, by Acklam's
+ * rational approximation (relative error < 1.2e-9). The central 95% needs no libm call, which
+ * makes it several times faster than Box-Muller; the tails take one log and one sqrt. */
+static inline double gauss(uint64_t x) {
+  static const double a[6] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                              -2.759285104469687e+02, 1.383577518672690e+02,
+                              -3.066479806614716e+01, 2.506628277459239e+00};
+  static const double b[5] = {-5.447609879822406e+01, 1.615858368580409e+02,
+                              -1.556989798598866e+02, 6.680131188771972e+01,
+                              -1.328068155288572e+01};
+  static const double c[6] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                              -2.400758277161838e+00, -2.549732539343734e+00,
+                              4.374664141464968e+00, 2.938163982698783e+00};
+  static const double e[4] = {7.784695709041462e-03, 3.224671290700398e-01,
+                              2.445134137142996e+00, 3.754408661907416e+00};
+  const double plow = 0.02425;
+  double u = u01(x);
+  if (u > plow && u < 1.0 - plow) {
+    double q = u - 0.5, r = q * q;
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+           (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0);
+  }
+  double t = sqrt(-2.0 * log(u < 0.5 ? u : 1.0 - u));
+  double z = (((((c[0] * t + c[1]) * t + c[2]) * t + c[3]) * t + c[4]) * t + c[5]) /
+             ((((e[0] * t + e[1]) * t + e[2]) * t + e[3]) * t + 1.0);
+  return u < 0.5 ? z : -z;
+}
+
+/* How the head dimension is split (see the file comment). */
+typedef struct geom {
+  int d;
+  int m;          /* RoPE pairs of the locality part: dims [0, 2m)          */
+  int f;          /* free dims [2m, 2m + f): sink / heavy / needle directions */
+  int noise0;     /* first noise dim (= 2m + f); noise dims [noise0, d)      */
+} geom;
+
+static geom make_geom(int d) {
+  geom g;
+  g.d = d;
+  g.m = d / 4;
+  if (g.m < 1 && d >= 2) g.m = 1;
+  g.f = d / 4;
+  if (2 * g.m + g.f > d) g.f = d - 2 * g.m;
+  if (g.f < 0) g.f = 0;
+  g.noise0 = 2 * g.m + g.f;
+  return g;
+}
+
+/* Amplitudes: a shared direction of unit norm carried with amplitude A by q and sign(S) A by k
+ * adds A^2 / sqrt(d) = |S| to the logit. */
+static double amp(double strength, int d) { return sqrt(fabs(strength) * sqrt((double)d)); }
+static double sgn(double x) { return x < 0 ? -1.0 : 1.0; }
+
+/* Uniform integer in [0, n) from a hash word (n > 0; the modulo bias is < n / 2^64). */
+static inline int64_t below(uint64_t x, int64_t n) { return (int64_t)(x % (uint64_t)n); }
+
+int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max) {
+  int64_t n = cfg->seq_len;
+  int64_t want = cfg->synth.needles;
+  if (n < 2 || want <= 0 || max <= 0) return 0;
+  if (want > max) want = max;
+  uint64_t kq = stream_key(cfg->seed, TAG_NEEDLE_Q, layer, kv_head);
+  uint64_t kk = stream_key(cfg->seed, TAG_NEEDLE_K, layer, kv_head);
+  int64_t sinks = (int64_t)cfg->synth.sink_tokens;
+  /* Query positions: one per stratum of [N/2, N), so needles are spread over the second half.
+   * The strata use the configured needle count, so positions do not depend on `max`. */
+  int64_t total = cfg->synth.needles;
+  int64_t qlo = n / 2, qrange = n - qlo;
+  int64_t gap = n / 4 > 1 ? n / 4 : 1;
+  int count = 0;
+  for (int64_t t = 0; t < want; t++) {
+    int64_t s0 = qlo + (t * qrange) / total, s1 = qlo + ((t + 1) * qrange) / total;
+    int64_t qpos = s1 > s0 ? s0 + below(stream_at(kq, (uint64_t)t), s1 - s0) : s0;
+    if (qpos >= n) qpos = n - 1;
+    /* Key position: at least N/4 back, after the sink tokens where that leaves room. */
+    int64_t kmax = qpos - gap;
+    if (kmax < 0) kmax = qpos - 1;
+    int64_t kmin = sinks < kmax ? sinks : kmax;
+    if (kmin < 0) kmin = 0;
+    int64_t kpos = kmin + below(stream_at(kk, (uint64_t)t), kmax - kmin + 1);
+    out[count].qpos = qpos;
+    out[count].kpos = kpos;
+    count++;
+  }
+  return count;
+}
+
+static int cmp_i64(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
+int sr_synth_heavy(const sr_config *cfg, int layer, int kv_head, int64_t *out, int max) {
+  int64_t n = cfg->seq_len;
+  int64_t want = cfg->synth.heavy_hitters;
+  if (n < 1 || want <= 0 || max <= 0) return 0;
+  uint64_t key = stream_key(cfg->seed, TAG_HEAVY, layer, kv_head);
+  /* One position per stratum of [sink_tokens, N) (of [0, N) if no room is left after the
+   * sinks). Strata are disjoint integer ranges, so positions are distinct while the range
+   * holds at least one position per heavy hitter; duplicates are dropped below. */
+  int64_t lo = (int64_t)cfg->synth.sink_tokens;
+  if (lo >= n) lo = 0;
+  int64_t range = n - lo;
+  int count = 0;
+  for (int64_t t = 0; t < want && count < max; t++) {
+    int64_t s0 = lo + (t * range) / want, s1 = lo + ((t + 1) * range) / want;
+    if (s1 <= s0) continue; /* empty stratum: more heavy hitters than positions */
+    out[count++] = s0 + below(stream_at(key, (uint64_t)t), s1 - s0);
+  }
+  qsort(out, (size_t)count, sizeof *out, cmp_i64);
+  int u = 0;
+  for (int i = 0; i < count; i++)
+    if (u == 0 || out[i] != out[u - 1]) out[u++] = out[i];
+  return u;
+}
+
+/* Direction `idx` (0 = sink, 1 = heavy, 2 + t = needle t) of (layer, kv_head): a unit vector
+ * in the f free dims. The first f directions are made orthonormal by Gram-Schmidt, so their
+ * cross terms vanish; any beyond f are independent random unit vectors. `basis` caches the
+ * orthonormal ones ([f][f], row b valid once computed); `nbasis` counts the valid rows. */
+typedef struct dirs {
+  uint64_t key;
+  int f;
+  int nbasis;
+  double *basis;
+} dirs;
+
+static void dir_random(const dirs *D, int idx, double *v) {
+  uint64_t rk = mix64(D->key ^ (uint64_t)idx);
+  for (int x = 0; x < D->f; x++) v[x] = gauss(stream_at(rk, (uint64_t)x));
+}
+
+static void normalise(double *v, int f) {
+  double s = 0;
+  for (int x = 0; x < f; x++) s += v[x] * v[x];
+  s = s > 0 ? 1.0 / sqrt(s) : 0.0;
+  for (int x = 0; x < f; x++) v[x] *= s;
+}
+
+/* Extends the orthonormal basis to its first `upto` directions (at most f). */
+static void basis_grow(dirs *D, int upto) {
+  while (D->nbasis < upto && D->nbasis < D->f) {
+    double *b = D->basis + (size_t)D->nbasis * D->f;
+    dir_random(D, D->nbasis, b);
+    /* Modified Gram-Schmidt, twice for stability. */
+    for (int pass = 0; pass < 2; pass++)
+      for (int p = 0; p < D->nbasis; p++) {
+        const double *e = D->basis + (size_t)p * D->f;
+        double dot = 0;
+        for (int x = 0; x < D->f; x++) dot += b[x] * e[x];
+        for (int x = 0; x < D->f; x++) b[x] -= dot * e[x];
+      }
+    normalise(b, D->f);
+    D->nbasis++;
+  }
+}
+
+/* Writes direction idx to v[f]. */
+static void dir_get(dirs *D, int idx, double *v) {
+  if (D->f == 0) return;
+  if (idx < D->f && D->basis != NULL) {
+    basis_grow(D, idx + 1);
+    memcpy(v, D->basis + (size_t)idx * D->f, (size_t)D->f * sizeof *v);
+    return;
+  }
+  /* More directions than free dims: random, but still orthogonal to the sink and heavy
+   * directions (which every query carries) where there is room for that, so extra needles
+   * only cross-talk with each other. */
+  dir_random(D, idx, v);
+  if (D->basis != NULL && D->f >= 3) {
+    basis_grow(D, 2);
+    for (int pass = 0; pass < 2; pass++)
+      for (int p = 0; p < 2; p++) {
+        const double *e = D->basis + (size_t)p * D->f;
+        double dot = 0;
+        for (int x = 0; x < D->f; x++) dot += v[x] * e[x];
+        for (int x = 0; x < D->f; x++) v[x] -= dot * e[x];
+      }
+  }
+  normalise(v, D->f);
+}
+
+/* Adds scale * direction idx to the free dims of row `r`. */
+static void add_dir(dirs *D, int idx, double scale, const geom *g, float *row, double *tmp) {
+  if (g->f == 0 || scale == 0) return;
+  dir_get(D, idx, tmp);
+  for (int x = 0; x < g->f; x++) row[2 * g->m + x] += (float)(scale * tmp[x]);
+}
+
+/* Sink and heavy-hitter keys carry no locality component, so their logit is exactly their
+ * strength (plus noise) from every query, not strength + locality * rho(distance). */
+static void clear_locality(const geom *g, float *row) {
+  for (int x = 0; x < 2 * g->m; x++) row[x] = 0.0f;
+}
+
+/* Fills the noise dims [from, d) of one row with amplitude `a` from stream `key`. */
+static inline void noise_row(uint64_t key, int64_t pos, int from, int d, double a, float *o) {
+  uint64_t rk = mix64(key ^ (uint64_t)pos);
+  for (int x = from; x < d; x++) o[x] = (float)(a * gauss(stream_at(rk, (uint64_t)x)));
+}
+
+void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
+                   int64_t count, float *out) {
+  const int d = cfg->head_dim;
+  if (count <= 0 || d <= 0) return;
+  const sr_synth_params *sp = &cfg->synth;
+  const geom g = make_geom(d);
+  const size_t rowlen = (size_t)d;
+
+  if (which == 'v') {
+    uint64_t key = stream_key(cfg->seed, TAG_V, layer, head);
+#pragma omp parallel for schedule(static) if (count >= 1024)
+    for (int64_t r = 0; r < count; r++) noise_row(key, pos0 + r, 0, d, 1.0, out + r * rowlen);
+    return;
+  }
+  if (which != 'q' && which != 'k') {
+    sr__poison_f32(out, (size_t)count * rowlen);
+    return;
+  }
+  const bool isq = which == 'q';
+  const int group = cfg->kv_heads > 0 && cfg->q_heads >= cfg->kv_heads
+                        ? cfg->q_heads / cfg->kv_heads : 1;
+  const int kvh = isq ? head / group : head;
+
+  /* Noise: entries of size sigma give a logit term of standard deviation
+   * sigma^2 sqrt(nd / d) over the nd noise dims; sigma is chosen so that this is `noise`. */
+  const int nd = d - g.noise0;
+  const double sigma = nd > 0 ? sqrt(fabs(sp->noise)) * pow((double)d / nd, 0.25) : 0.0;
+  const uint64_t nkey = stream_key(cfg->seed, isq ? TAG_Q : TAG_K, layer, head);
+
+  /* Locality: pair p rotates at theta_p = base^(-p/m) (the RoPE ladder over m pairs) with a
+   * random phase phi_p per (layer, kv-head); q and k carry it with the same amplitude, so
+   * the logit term is locality * mean_p cos((i - j) theta_p). */
+  double theta[64], phi[64];
+  double *th = theta, *ph = phi, *heap = NULL;
+  if (g.m > 64) {
+    heap = malloc(2 * (size_t)g.m * sizeof *heap);
+    if (!heap) {
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+    th = heap;
+    ph = heap + g.m;
+  }
+  const double base = sp->rope_base > 1.0f ? (double)sp->rope_base : 1.0;
+  const uint64_t pkey = stream_key(cfg->seed, TAG_PHASE, layer, kvh);
+  for (int p = 0; p < g.m; p++) {
+    th[p] = pow(base, -(double)p / g.m);
+    ph[p] = TWO_PI * u01(stream_at(pkey, (uint64_t)p));
+  }
+  const double aloc = g.m > 0 ? sqrt(fabs(sp->locality) * sqrt((double)d) / g.m) : 0.0;
+  const double kloc = isq ? aloc : sgn(sp->locality) * aloc;
+
+  /* Shared directions in the free dims. */
+  dirs D = {stream_key(cfg->seed, TAG_DIR, layer, kvh), g.f, 0, NULL};
+  double *tmp = NULL, *qbase = NULL;
+  if (g.f > 0) {
+    D.basis = malloc((size_t)g.f * g.f * sizeof *D.basis);
+    tmp = malloc(2 * (size_t)g.f * sizeof *tmp);
+    if (!D.basis || !tmp) {
+      free(D.basis);
+      free(tmp);
+      free(heap);
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+    qbase = tmp + g.f;
+    /* Every query carries the sink and the heavy-hitter directions. */
+    for (int x = 0; x < g.f; x++) qbase[x] = 0;
+    if (isq) {
+      double as = sp->sink_tokens > 0 ? amp(sp->sink_strength, d) : 0.0;
+      double ah = sp->heavy_hitters > 0 ? amp(sp->heavy_strength, d) : 0.0;
+      dir_get(&D, 0, tmp);
+      for (int x = 0; x < g.f; x++) qbase[x] += as * tmp[x];
+      dir_get(&D, 1, tmp);
+      for (int x = 0; x < g.f; x++) qbase[x] += ah * tmp[x];
+    }
+  }
+
+  /* Rows are produced in runs of equal pos >> LO_BITS. The rotation angle pos theta + phi is
+   * split as (hi 2^LO_BITS theta + phi) + lo theta, and the two rotations are composed: one
+   * sincos per pair per run plus one per pair and row (or a table lookup for long calls)
+   * instead of a sincos of a large argument per pair and row. The split depends only on pos,
+   * so values do not depend on how rows are requested. */
+  const int64_t end = pos0 + count;
+  const int64_t nruns = ((end - 1) >> LO_BITS) - (pos0 >> LO_BITS) + 1;
+  double *lo_tab = NULL, *hi_rot = NULL;
+  if (g.m > 0) {
+    hi_rot = malloc((size_t)nruns * 2 * g.m * sizeof *hi_rot);
+    if (count >= LO_SIZE) lo_tab = malloc((size_t)LO_SIZE * 2 * g.m * sizeof *lo_tab);
+    if (!hi_rot || (count >= LO_SIZE && !lo_tab)) {
+      free(hi_rot);
+      free(lo_tab);
+      free(D.basis);
+      free(tmp);
+      free(heap);
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+  }
+  if (lo_tab) {
+#pragma omp parallel for schedule(static)
+    for (int lo = 0; lo < LO_SIZE; lo++)
+      for (int p = 0; p < g.m; p++) {
+        lo_tab[((size_t)lo * g.m + p) * 2] = cos((double)lo * th[p]);
+        lo_tab[((size_t)lo * g.m + p) * 2 + 1] = sin((double)lo * th[p]);
+      }
+  }
+
+#pragma omp parallel for schedule(dynamic, 1) if (count >= LO_SIZE)
+  for (int64_t run = 0; run < nruns; run++) {
+    const int64_t hi = (pos0 >> LO_BITS) + run;
+    int64_t r0 = (hi << LO_BITS) - pos0, r1 = ((hi + 1) << LO_BITS) - pos0;
+    if (r0 < 0) r0 = 0;
+    if (r1 > count) r1 = count;
+    double *hr = hi_rot ? hi_rot + (size_t)run * 2 * g.m : NULL;
+    for (int p = 0; p < g.m; p++) {
+      double a = (double)(hi << LO_BITS) * th[p] + ph[p];
+      hr[2 * p] = kloc * cos(a);
+      hr[2 * p + 1] = kloc * sin(a);
+    }
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t pos = pos0 + r;
+      const int lo = (int)(pos & (LO_SIZE - 1));
+      float *o = out + r * rowlen;
+      for (int p = 0; p < g.m; p++) {
+        double cb, sb;
+        if (lo_tab) {
+          cb = lo_tab[((size_t)lo * g.m + p) * 2];
+          sb = lo_tab[((size_t)lo * g.m + p) * 2 + 1];
+        } else {
+          cb = cos((double)lo * th[p]);
+          sb = sin((double)lo * th[p]);
+        }
+        o[2 * p] = (float)(hr[2 * p] * cb - hr[2 * p + 1] * sb);
+        o[2 * p + 1] = (float)(hr[2 * p + 1] * cb + hr[2 * p] * sb);
+      }
+      for (int x = 0; x < g.f; x++) o[2 * g.m + x] = (float)qbase[x];
+      if (nd > 0) noise_row(nkey, pos, g.noise0, d, sigma, o);
+    }
+  }
+  free(lo_tab);
+  free(hi_rot);
+
+  /* Per-position features, added to the few rows they touch. */
+  if (g.f > 0) {
+    if (!isq) {
+      double as = sgn(sp->sink_strength) * amp(sp->sink_strength, d);
+      int64_t s1 = (int64_t)sp->sink_tokens < end ? (int64_t)sp->sink_tokens : end;
+      for (int64_t j = pos0 > 0 ? pos0 : 0; j < s1 && as != 0; j++) {
+        clear_locality(&g, out + (j - pos0) * rowlen);
+        add_dir(&D, 0, as, &g, out + (j - pos0) * rowlen, tmp);
+      }
+      if (sp->heavy_hitters > 0) {
+        int64_t *hv = malloc((size_t)sp->heavy_hitters * sizeof *hv);
+        if (hv) {
+          int nh = sr_synth_heavy(cfg, layer, kvh, hv, (int)sp->heavy_hitters);
+          double ah = sgn(sp->heavy_strength) * amp(sp->heavy_strength, d);
+          for (int t = 0; t < nh; t++)
+            if (hv[t] >= pos0 && hv[t] < end && ah != 0) {
+              clear_locality(&g, out + (hv[t] - pos0) * rowlen);
+              add_dir(&D, 1, ah, &g, out + (hv[t] - pos0) * rowlen, tmp);
+            }
+          free(hv);
+        } else {
+          sr__poison_f32(out, (size_t)count * rowlen);
+        }
+      }
+    }
+    /* A needle of strength 0 is no needle at all (rows equal those of needles = 0). */
+    if (sp->needles > 0 && sp->needle_strength != 0) {
+      sr_needle *nv = malloc((size_t)sp->needles * sizeof *nv);
+      if (nv) {
+        int nn = sr_synth_needles(cfg, layer, kvh, nv, (int)sp->needles);
+        for (int t = 0; t < nn; t++) {
+          int64_t pos = isq ? nv[t].qpos : nv[t].kpos;
+          if (pos < pos0 || pos >= end) continue;
+          /* The needle pair's logit is set to exactly needle_strength: the needle direction
+           * also cancels the locality term at the pair's distance, which would otherwise
+           * add a quasi-random +-locality/sqrt(2m) to it. */
+          double rho = 0;
+          for (int p = 0; p < g.m; p++) rho += cos((double)(nv[t].qpos - nv[t].kpos) * th[p]);
+          rho = g.m > 0 ? rho / g.m : 0.0;
+          double target = (double)sp->needle_strength - (double)sp->locality * rho;
+          double an = amp(target, d);
+          if (!isq) an *= sgn(target);
+          add_dir(&D, 2 + t, an, &g, out + (pos - pos0) * rowlen, tmp);
+        }
+        free(nv);
+      } else {
+        sr__poison_f32(out, (size_t)count * rowlen);
+      }
+    }
+  }
+  free(D.basis);
+  free(tmp);
+  free(heap);
+}
