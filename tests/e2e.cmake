@@ -50,7 +50,7 @@ set_tests_properties(e2e_dense_exact_check PROPERTIES FIXTURES_REQUIRED e2e_dens
 # Every preset in configs/ parses and validates.
 file(GLOB SR_PRESETS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/configs/*.yaml)
 foreach(preset ${SR_PRESETS})
-  get_filename_component(pname ${preset} NAME_WE)
+  get_filename_component(pname ${preset} NAME_WLE)
   add_test(NAME config_preset_${pname} COMMAND $<TARGET_FILE:sparsering_cli> config -c ${preset})
   set_tests_properties(config_preset_${pname} PROPERTIES LABELS config ENVIRONMENT "${SR_MPI_ENV}"
                        PASS_REGULAR_EXPRESSION "seq_len:")
