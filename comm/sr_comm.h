@@ -23,7 +23,7 @@ typedef struct sr_world {
   int rank, nranks;
   MPI_Comm node;        /* ranks on the same node (MPI_Comm_split_type SHARED)       */
   int local_rank, local_nranks;
-  char host[64];
+  char host[MPI_MAX_PROCESSOR_NAME];
 } sr_world;
 
 /* Duplicates `comm`, sets MPI_ERRORS_RETURN, finds the node-local rank. Collective. */

@@ -130,6 +130,7 @@ static int expected_row(const double *score, int64_t diag, int K, int32_t *out) 
     int64_t best = -1;
     for (int64_t j = 0; j < causal; j++)
       if (!taken[j] && (best < 0 || score[j] > score[best])) best = j;
+    if (best < 0) break;
     taken[best] = 1;
     n++;
   }
