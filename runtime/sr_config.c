@@ -103,6 +103,8 @@ const sr__key sr__keys[] = {
      .doc = "planted (query, far key) pairs per kv-head"},
     {SYNTH_F("needle_strength", needle_strength), .def = 14.0, RANGE(0, SR__MAX_STRENGTH),
      .doc = "size of the needle component"},
+    {SYNTH_U("needle_span", needle_span), .def = 16, RANGE(1, 4096),
+     .doc = "tokens per needle: a run of query tokens and a run of key tokens; 1 = single-token"},
     {SYNTH_F("noise", noise), .def = 1.0, RANGE(0, SR__MAX_STRENGTH),
      .doc = "standard deviation of the i.i.d. Gaussian part of q, k, v"},
 

@@ -8,7 +8,8 @@
  *   model.q_heads, model.kv_heads, model.head_dim, model.layers
  *   input.source (synthetic | hdf5), input.path, input.seed,
  *   input.synthetic.{sink_tokens, sink_strength, locality, rope_base, heavy_hitters,
- *                    heavy_strength, needles, needle_strength, noise}
+ *                    heavy_strength, needles, needle_strength, needle_span,
+ *                    noise}
  *   seq_len
  *   shard (zigzag | contiguous)
  *   attention.phase (prefill), attention.method (dense | block_sparse),
@@ -43,8 +44,9 @@ typedef struct sr_synth_params {
   float rope_base;         /* RoPE base (10000 in Llama/Qwen)                            */
   uint32_t heavy_hitters;  /* heavy-hitter key positions per kv-head (verticals)         */
   float heavy_strength;
-  uint32_t needles;        /* planted (query, far key) pairs per kv-head                 */
-  float needle_strength;
+  uint32_t needles;        /* planted (query span, far key span) pairs per kv-head       */
+  float needle_strength;   /* logit of each (query token, key token) pair of a needle    */
+  uint32_t needle_span;    /* tokens per needle side (1 = single-token needles)          */
   float noise;             /* size of the i.i.d. Gaussian part of q, k, v                */
 } sr_synth_params;
 

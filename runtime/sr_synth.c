@@ -12,7 +12,9 @@
  *     mixes pairs), the logit q_i.k_j / sqrt(d) is exactly the sum of one term per feature:
  *       locality * rho(i - j) + sink_strength [j < sink_tokens] + heavy_strength [j heavy]
  *       + needle_strength [(i, j) a needle pair] + noise * (a standard Gaussian),
- *     so every strength is in logit units (nats), independent of head_dim.
+ *     so every strength is in logit units (nats), independent of head_dim. (For needles of
+ *     span > 1, needle_strength is the mean over the span's pairs; each pair also keeps its
+ *     own locality jitter around that mean.)
  *   - v is an i.i.d. standard Gaussian in every dim: values of order 1 whatever the knobs.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -121,6 +123,13 @@ static double sgn(double x) { return x < 0 ? -1.0 : 1.0; }
 /* Uniform integer in [0, n) from a hash word (n > 0; the modulo bias is < n / 2^64). */
 static inline int64_t below(uint64_t x, int64_t n) { return (int64_t)(x % (uint64_t)n); }
 
+int64_t sr_synth_needle_span(const sr_config *cfg) {
+  int64_t span = cfg->synth.needle_span > 0 ? (int64_t)cfg->synth.needle_span : 1;
+  int64_t half = cfg->seq_len / 2;
+  if (span > half) span = half > 1 ? half : 1;
+  return span;
+}
+
 int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max) {
   int64_t n = cfg->seq_len;
   int64_t want = cfg->synth.needles;
@@ -129,24 +138,32 @@ int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *ou
   uint64_t kq = stream_key(cfg->seed, TAG_NEEDLE_Q, layer, kv_head);
   uint64_t kk = stream_key(cfg->seed, TAG_NEEDLE_K, layer, kv_head);
   int64_t sinks = (int64_t)cfg->synth.sink_tokens;
-  /* Query positions: one per stratum of [N/2, N), so needles are spread over the second half.
-   * The strata use the configured needle count, so positions do not depend on `max`. */
+  const int64_t span = sr_synth_needle_span(cfg); /* 1 <= span <= N / 2 */
+  /* Query spans: one starting in each stratum of [N/2, N), so needles are spread over the
+   * second half; the start is drawn where the whole span fits in its stratum (at the stratum's
+   * start if it is narrower than the span) and clipped so that the span ends by N. Starts are
+   * therefore non-decreasing in t. The strata use the configured needle count, so positions
+   * do not depend on `max`. With span 1 this is exactly the single-token rule. */
   int64_t total = cfg->synth.needles;
   int64_t qlo = n / 2, qrange = n - qlo;
   int64_t gap = n / 4 > 1 ? n / 4 : 1;
   int count = 0;
   for (int64_t t = 0; t < want; t++) {
     int64_t s0 = qlo + (t * qrange) / total, s1 = qlo + ((t + 1) * qrange) / total;
-    int64_t qpos = s1 > s0 ? s0 + below(stream_at(kq, (uint64_t)t), s1 - s0) : s0;
-    if (qpos >= n) qpos = n - 1;
-    /* Key position: at least N/4 back, after the sink tokens where that leaves room. */
-    int64_t kmax = qpos - gap;
-    if (kmax < 0) kmax = qpos - 1;
+    int64_t room = s1 - s0 - (span - 1);
+    int64_t qpos = room > 0 ? s0 + below(stream_at(kq, (uint64_t)t), room) : s0;
+    if (qpos > n - span) qpos = n - span;
+    /* Key span: its last token at least N/4 before the first query token, its first token
+     * after the sink tokens, where that leaves room; otherwise anywhere before the query span
+     * (kpos + span <= qpos always holds: qpos >= N/2 >= span). */
+    int64_t kmax = qpos - gap - (span - 1);
+    if (kmax < 0) kmax = qpos - span;
     int64_t kmin = sinks < kmax ? sinks : kmax;
     if (kmin < 0) kmin = 0;
     int64_t kpos = kmin + below(stream_at(kk, (uint64_t)t), kmax - kmin + 1);
     out[count].qpos = qpos;
     out[count].kpos = kpos;
+    out[count].span = span;
     count++;
   }
   return count;
@@ -440,18 +457,37 @@ void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_
       if (nv) {
         int nn = sr_synth_needles(cfg, layer, kvh, nv, (int)sp->needles);
         for (int t = 0; t < nn; t++) {
-          int64_t pos = isq ? nv[t].qpos : nv[t].kpos;
-          if (pos < pos0 || pos >= end) continue;
-          /* The needle pair's logit is set to exactly needle_strength: the needle direction
-           * also cancels the locality term at the pair's distance, which would otherwise
-           * add a quasi-random +-locality/sqrt(2m) to it. */
+          const int64_t S = nv[t].span;
+          const int64_t first = isq ? nv[t].qpos : nv[t].kpos;
+          const int64_t lo = first > pos0 ? first : pos0;
+          const int64_t hi = first + S < end ? first + S : end;
+          if (lo >= hi) continue;
+          /* Every (query, key) pair of the needle shares the direction u_t, so each gets the
+           * same needle term tau. tau cancels the locality term on average over the S^2
+           * pairs, which would otherwise add a quasi-random +-locality/sqrt(2m) to them: the
+           * pairs' distances are dist + delta (dist = qpos - kpos, |delta| < S), delta
+           * occurring S - |delta| times, and
+           *   sum_delta (S - |delta|) cos((dist + delta) theta) = cos(dist theta) F_S(theta),
+           *   F_S(theta) = sin^2(S theta / 2) / sin^2(theta / 2)   (the Fejer kernel),
+           * so the mean logit of the pairs is exactly needle_strength. (theta_p is in
+           * [1e-9, 1], so sin(theta / 2) is never 0.) With S = 1 the factor is exactly 1: the
+           * same numbers as the single-token rule. */
+          const int64_t dist = nv[t].qpos - nv[t].kpos;
           double rho = 0;
-          for (int p = 0; p < g.m; p++) rho += cos((double)(nv[t].qpos - nv[t].kpos) * th[p]);
+          for (int p = 0; p < g.m; p++) {
+            double fs = 1.0;
+            if (S > 1) {
+              double a = sin(0.5 * (double)S * th[p]), b = sin(0.5 * th[p]);
+              fs = (a * a) / (b * b * (double)S * (double)S);
+            }
+            rho += cos((double)dist * th[p]) * fs;
+          }
           rho = g.m > 0 ? rho / g.m : 0.0;
           double target = (double)sp->needle_strength - (double)sp->locality * rho;
           double an = amp(target, d);
           if (!isq) an *= sgn(target);
-          add_dir(&D, 2 + t, an, &g, out + (pos - pos0) * rowlen, tmp);
+          for (int64_t pos = lo; pos < hi; pos++)
+            add_dir(&D, 2 + t, an, &g, out + (pos - pos0) * rowlen, tmp);
         }
         free(nv);
       } else {

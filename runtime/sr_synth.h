@@ -13,8 +13,11 @@
  *   - sinks: keys at positions < sink_tokens carry a component every query aligns with;
  *   - heavy hitters: a few key positions per kv-head (chosen by hash) carry a second shared
  *     direction every query aligns with (vertical lines in the attention map);
- *   - needles: per kv-head, planted (query position, key position) pairs far apart, sharing a
- *     random direction of their own; all q-heads of the group carry the query side.
+ *   - needles: per kv-head, planted (query span, key span) pairs far apart, sharing a random
+ *     direction of their own: `needle_span` consecutive query positions and as many
+ *     consecutive key positions, every query token of the span aligned with every key token
+ *     of the span (a passkey sentence and the question about it); all q-heads of the group
+ *     carry the query side. needle_span 1 gives single-token needles.
  */
 #ifndef SR_SYNTH_H
 #define SR_SYNTH_H
@@ -23,9 +26,12 @@
 
 #include <stdint.h>
 
+/* A needle: query positions [qpos, qpos + span) and key positions [kpos, kpos + span), all
+ * inside [0, N), with kpos + span <= qpos (every key of the span precedes every query of it). */
 typedef struct sr_needle {
-  int64_t qpos;  /* query position */
-  int64_t kpos;  /* key position (kpos < qpos, far back) */
+  int64_t qpos;  /* first query position */
+  int64_t kpos;  /* first key position (far back) */
+  int64_t span;  /* tokens on each side (sr_synth_needle_span: the same for every needle) */
 } sr_needle;
 
 /* Writes rows [pos0, pos0 + count) of one head into out[count][d].
@@ -33,8 +39,13 @@ typedef struct sr_needle {
 void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
                    int64_t count, float *out);
 
+/* The span every needle of cfg has: input.synthetic.needle_span (0, possible only in configs
+ * built in code, counts as 1), at most N / 2 so that both spans fit (1 if N < 2). */
+int64_t sr_synth_needle_span(const sr_config *cfg);
+
 /* Needles of (layer, kv_head): fills up to cfg->synth.needles entries, returns the count.
- * Positions depend only on (seed, layer, kv_head, seq_len). */
+ * Positions depend only on (seed, layer, kv_head, seq_len, sink_tokens, needles, needle_span);
+ * qpos is non-decreasing in the needle index. */
 int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max);
 
 /* Heavy-hitter key positions of (layer, kv_head); returns the count. */

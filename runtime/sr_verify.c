@@ -133,7 +133,11 @@ sr_status sr_verify_sample(const sr_config *cfg, int layer, int q_head, int64_t 
   const int group = cfg->q_heads / cfg->kv_heads;
   const int64_t nneedle =
       cfg->input_source == SR_INPUT_SYNTHETIC && !all ? (int64_t)cfg->synth.needles : 0;
-  const int64_t cap = (all ? n : r) + nneedle;
+  /* Needle rows: the union of the needles' query spans, at most N/2 distinct positions. */
+  const int64_t span = sr_synth_needle_span(cfg);
+  int64_t nspan = nneedle > 0 ? nneedle * span : 0;
+  if (nspan > n) nspan = n;
+  const int64_t cap = (all ? n : r) + nspan;
   int64_t *v = malloc((size_t)cap * sizeof *v);
   sr_needle *nd = nneedle > 0 ? malloc((size_t)nneedle * sizeof *nd) : NULL;
   if (!v || (nneedle > 0 && !nd)) {
@@ -155,7 +159,14 @@ sr_status sr_verify_sample(const sr_config *cfg, int layer, int q_head, int64_t 
                               (uint64_t)(s1 - s0));
     }
     int got = sr_synth_needles(cfg, layer, q_head / group, nd, (int)nneedle);
-    for (int t = 0; t < got; t++) v[c++] = nd[t].qpos;
+    /* Every position of every query span. Span starts are non-decreasing in t, so positions
+     * below the end of the spans so far are already listed: each is added once. */
+    int64_t done = 0;
+    for (int t = 0; t < got; t++) {
+      int64_t a = nd[t].qpos > done ? nd[t].qpos : done, b = nd[t].qpos + nd[t].span;
+      for (int64_t i = a; i < b && c < cap; i++) v[c++] = i;
+      if (b > done) done = b;
+    }
   }
   free(nd);
   qsort(v, (size_t)c, sizeof *v, cmp_i64);
@@ -252,6 +263,10 @@ typedef struct vwork {
   float *kf, *vf, *qf;
   vrow *rows;
   sr_needle *needles;
+  /* [VERIFY_BATCH] per needle row of one needle: batch index, best logit (unscaled) and its
+   * key, weight on the key span */
+  int64_t *nrow, *nbest_j;
+  double *nbest, *nmass;
 } vwork;
 
 static void vwork_free(vwork *w) {
@@ -264,6 +279,10 @@ static void vwork_free(vwork *w) {
   free(w->qf);
   free(w->rows);
   free(w->needles);
+  free(w->nrow);
+  free(w->nbest_j);
+  free(w->nbest);
+  free(w->nmass);
 }
 
 /* Processes rows R[0..nb) (sorted by position) of kv-head kvh and adds to acc. */
@@ -349,15 +368,50 @@ static sr_status verify_batch(const sr_config *cfg, const sr_plan *p, int layer,
       acc->recall[h] += V->lsel * inv;
       acc->recall_rows[h]++;
     }
-    /* Needles whose query is this row. */
-    for (int t = 0; t < nneedle; t++) {
-      if (nd[t].qpos != V->pos) continue;
-      acc->needles[h]++;
-      if (V->sel_row >= 0 && sel_has(sel, V->sel_row, nd[t].kpos / p->bk)) acc->needle_hits[h]++;
-      SR_TRY(rowfn(ctx, layer, 'k', kvh, nd[t].kpos, 1, w->kf));
-      double s = 0;
-      for (int x = 0; x < d; x++) s += w->q[(size_t)r * d + x] * (double)w->kf[x];
-      acc->needle_mass[h] += exp(s * scale - ref_lse);
+  }
+
+  /* Needles: the rows at positions [qpos, qpos + span) of needle t are its needle rows. Its
+   * key span [kpos, kpos + span) is generated once per batch (in chunks); the reference
+   * weight of key j for a row is exp(q.k_j / sqrt(d) - ref_lse). needle_mass adds the row's
+   * weight on the whole key span; the row is a hit when its selection lists the block of the
+   * span key it weighs most (the first of equals). With span 1 that is the needle key. */
+  for (int t = 0; t < nneedle; t++) {
+    const int64_t q0 = nd[t].qpos, q1 = nd[t].qpos + nd[t].span;
+    const int64_t k0 = nd[t].kpos, k1 = nd[t].kpos + nd[t].span;
+    int64_t nn = 0;
+    for (int64_t r = 0; r < nb; r++)
+      if (R[r].pos >= q0 && R[r].pos < q1) w->nrow[nn++] = r;
+    if (nn == 0) continue;
+    for (int64_t i = 0; i < nn; i++) {
+      w->nbest[i] = -INFINITY;
+      w->nbest_j[i] = k0;
+      w->nmass[i] = 0;
+    }
+    for (int64_t c0 = k0; c0 < k1; c0 += VERIFY_CHUNK) {
+      const int64_t cn = k1 - c0 < VERIFY_CHUNK ? k1 - c0 : VERIFY_CHUNK;
+      SR_TRY(rowfn(ctx, layer, 'k', kvh, c0, cn, w->kf));
+#pragma omp parallel for schedule(static) if (nn * cn >= 4096)
+      for (int64_t i = 0; i < nn; i++) {
+        const vrow *V = &R[w->nrow[i]];
+        const double *qr = w->q + (size_t)w->nrow[i] * d;
+        const double ref_lse = V->m + log(V->l);
+        for (int64_t j = 0; j < cn; j++) {
+          double s = 0;
+          for (int x = 0; x < d; x++) s += qr[x] * (double)w->kf[(size_t)j * d + x];
+          if (s > w->nbest[i]) {
+            w->nbest[i] = s;
+            w->nbest_j[i] = c0 + j;
+          }
+          w->nmass[i] += exp(s * scale - ref_lse);
+        }
+      }
+    }
+    for (int64_t i = 0; i < nn; i++) {
+      const vrow *V = &R[w->nrow[i]];
+      acc->needles[V->h]++;
+      if (V->sel_row >= 0 && sel_has(sel, V->sel_row, w->nbest_j[i] / p->bk))
+        acc->needle_hits[V->h]++;
+      acc->needle_mass[V->h] += w->nmass[i];
     }
   }
   return SR_OK;
@@ -384,9 +438,15 @@ sr_status sr_verify_layer(const sr_config *cfg, const sr_plan *p, int layer, sr_
   w.q = malloc((size_t)VERIFY_BATCH * d * sizeof(double));
   w.acc = malloc((size_t)VERIFY_BATCH * d * sizeof(double));
   int nneedle_max = synthetic ? (int)cfg->synth.needles : 0;
-  if (nneedle_max > 0) w.needles = malloc((size_t)nneedle_max * sizeof *w.needles);
+  if (nneedle_max > 0) {
+    w.needles = malloc((size_t)nneedle_max * sizeof *w.needles);
+    w.nrow = malloc((size_t)VERIFY_BATCH * sizeof *w.nrow);
+    w.nbest_j = malloc((size_t)VERIFY_BATCH * sizeof *w.nbest_j);
+    w.nbest = malloc((size_t)VERIFY_BATCH * sizeof *w.nbest);
+    w.nmass = malloc((size_t)VERIFY_BATCH * sizeof *w.nmass);
+  }
   if (!w.kd || !w.vd || !w.kf || !w.vf || !w.qf || !w.q || !w.acc ||
-      (nneedle_max > 0 && !w.needles)) {
+      (nneedle_max > 0 && (!w.needles || !w.nrow || !w.nbest_j || !w.nbest || !w.nmass))) {
     vwork_free(&w);
     return sr__seterr(SR_ERR_NOMEM, "out of memory allocating verification buffers");
   }

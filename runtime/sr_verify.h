@@ -11,7 +11,8 @@
  *   verify_rows == 0   nothing (sr_verify_layer returns at once);
  *   verify_rows == R   R positions per (layer, q-head): one per stratum of R equal strata of
  *                      [0, N), drawn by hash from (seed, layer, q-head); plus, for synthetic
- *                      input, every needle query position of the head's kv group.
+ *                      input, every position of every needle's query span
+ *                      [qpos, qpos + span) of the head's kv group.
  * Each rank checks the sampled positions it owns, so the per-head sums of all ranks, reduced,
  * equal those of a one-rank run.
  *
@@ -20,9 +21,12 @@
  *   ref2      sum over checked rows of ||ref||^2
  *   recall    sum over rows of the reference softmax mass on the keys inside the blocks the
  *             row's selection lists (1 for a complete causal selection)
- *   needles / needle_hits   needle query rows checked / those whose selection row holds the
- *             block kpos / bk of the needle key (synthetic input only)
- *   needle_mass  sum over needle rows of the reference attention weight on the needle key
+ *   needles / needle_hits   needle rows checked (one per (row, needle) with the row in the
+ *             needle's query span) / those whose selection row holds the key block of the
+ *             span key the reference weights most for that row (j* = argmax over
+ *             [kpos, kpos + span) of q.k_j, the first of equals; block j* / bk), synthetic
+ *             input only; with span 1 that is the block kpos / bk of the needle key
+ *   needle_mass  sum over needle rows of the reference attention weight on the whole key span
  *   lse_maxerr   max over rows of |lse - ref_lse| (+inf if a value was not finite)
  */
 #ifndef SR_VERIFY_H
@@ -48,7 +52,7 @@ typedef struct sr_quality {
   int q_heads;
   double *err2, *ref2;        /* [q_heads] */
   double *recall;             /* [q_heads] sum of per-row selected mass            */
-  double *needle_mass;        /* [q_heads] sum of reference weight on needle keys  */
+  double *needle_mass;        /* [q_heads] sum of reference weight on needle spans */
   int64_t *rows;              /* [q_heads] rows compared (err2, ref2, lse)         */
   int64_t *recall_rows;       /* [q_heads] rows with a selection (recall)          */
   int64_t *needles;           /* [q_heads] needle rows checked                      */
@@ -88,7 +92,7 @@ typedef struct sr_quality_summary {
   double recall;             /* mean selected mass per row (NAN if no selection) */
   int64_t needles, needle_hits;
   double needle_hit_rate;    /* hits / needles (NAN if no needle row)            */
-  double needle_mass;        /* mean reference weight on the needle key (NAN)    */
+  double needle_mass;        /* mean reference weight on the key span (NAN)      */
 } sr_quality_summary;
 
 void sr_quality_summarize(const sr_quality *q, sr_quality_summary *s);

@@ -58,6 +58,7 @@ static void expect_equal(const sr_config *a, const sr_config *b) {
   assert_true(a->synth.heavy_strength == b->synth.heavy_strength);
   assert_int_equal(a->synth.needles, b->synth.needles);
   assert_true(a->synth.needle_strength == b->synth.needle_strength);
+  assert_int_equal(a->synth.needle_span, b->synth.needle_span);
   assert_true(a->synth.noise == b->synth.noise);
   assert_true(a->seq_len == b->seq_len);
   assert_int_equal(a->shard, b->shard);
@@ -102,6 +103,7 @@ static void test_defaults(void **state) {
   assert_true(c.synth.heavy_strength == 6.0f);
   assert_int_equal(c.synth.needles, 4);
   assert_true(c.synth.needle_strength == 14.0f);
+  assert_int_equal(c.synth.needle_span, 16);
   assert_true(c.synth.noise == 1.0f);
   assert_true(c.seq_len == 16384);
   assert_int_equal(c.shard, SR_SHARD_ZIGZAG);
@@ -235,6 +237,7 @@ static void random_config(sr_config *c, uint64_t *s) {
   c->synth.heavy_strength = rnd_float(s, 1e-3f);
   c->synth.needles = (uint32_t)rnd(s, 1000);
   c->synth.needle_strength = rnd_float(s, 1e5f);
+  c->synth.needle_span = 1 + (uint32_t)rnd(s, 4096);
   c->synth.noise = rnd_float(s, 2);
   c->seq_len = 1 + (int64_t)rnd(s, (uint64_t)1 << 40);
   c->shard = rnd(s, 2) ? SR_SHARD_CONTIGUOUS : SR_SHARD_ZIGZAG;
@@ -375,6 +378,11 @@ static void test_error_out_of_range(void **state) {
                "x.yaml:2: model.head_dim: 60 is not a multiple of 8");
   expect_error("input:\n  synthetic:\n    noise: -0.5\n", NULL, 0, SR_ERR_CONFIG,
                "x.yaml:3: input.synthetic.noise: -0.5 is outside [0, 1000000]");
+  expect_error("input:\n  synthetic:\n    needle_span: 0\n", NULL, 0, SR_ERR_CONFIG,
+               "x.yaml:3: input.synthetic.needle_span: 0 is outside [1, 4096]");
+  const char *span[] = {"input.synthetic.needle_span=4097"};
+  expect_error("seq_len: 64\n", span, 1, SR_ERR_CONFIG,
+               "--set input.synthetic.needle_span: 4097 is outside [1, 4096]");
   expect_error("verify:\n  rows: -2\n", NULL, 0, SR_ERR_CONFIG,
                "x.yaml:2: verify.rows: -2 is outside [-1, 1099511627776]");
 }
@@ -508,6 +516,16 @@ static void test_validate(void **state) {
   c.synth.rope_base = 0.5f;
   assert_int_equal(sr_config_validate(&c), SR_ERR_CONFIG);
   assert_string_equal(sr_last_error(), "input.synthetic.rope_base: 0.5 is outside [1, 1000000000]");
+  sr_config_defaults(&c);
+  c.synth.needle_span = 0;
+  assert_int_equal(sr_config_validate(&c), SR_ERR_CONFIG);
+  assert_string_equal(sr_last_error(), "input.synthetic.needle_span: 0 is outside [1, 4096]");
+  sr_config_defaults(&c);
+  c.synth.needle_span = 1;
+  assert_int_equal(sr_config_validate(&c), SR_OK);
+  assert_int_equal(load_text(&c, "input:\n  synthetic:\n    needle_span: 4096\n", NULL, 0), SR_OK);
+  assert_int_equal(c.synth.needle_span, 4096);
+  sr_config_free(&c);
 
   /* input.path is dropped when the input is synthetic. */
   assert_int_equal(load_text(&c, "input:\n  path: in.h5\n", NULL, 0), SR_OK);
@@ -527,6 +545,89 @@ static void test_names(void **state) {
   assert_string_equal(sr_shard_name(SR_SHARD_ZIGZAG), "zigzag");
   assert_string_equal(sr_shard_name(SR_SHARD_CONTIGUOUS), "contiguous");
   assert_string_equal(sr_method_name((sr_method)7), "?");
+}
+
+/* docs/CONFIG.md's key table is in step with the schema: the same dotted keys in the same
+ * order, each with the default that sr_config_to_yaml writes for the defaults (sections have
+ * none). The keys and defaults are read from that YAML (every key, in schema order), so the
+ * test needs nothing beyond the public API. The file is found next to this source file. */
+static void test_docs_table(void **state) {
+  (void)state;
+  char path[4096];
+  const char *src = __FILE__, *slash = strrchr(src, '/');
+  if (!slash) {
+    fprintf(stderr, "# __FILE__ has no directory: docs/CONFIG.md not checked\n");
+    skip();
+  }
+  snprintf(path, sizeof path, "%.*s/../docs/CONFIG.md", (int)(slash - src), src);
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    fprintf(stderr, "# %s not found: not checked\n", path);
+    skip();
+  }
+  /* The schema: "name default" pairs from the YAML of the defaults. */
+  sr_config c;
+  sr_config_defaults(&c);
+  char *yaml = sr_config_to_yaml(&c);
+  assert_non_null(yaml);
+  char keys[128][64], defs[128][64], stack[8][64];
+  int nk = 0;
+  for (char *line = strtok(yaml, "\n"); line; line = strtok(NULL, "\n")) {
+    int ind = 0;
+    while (line[ind] == ' ') ind++;
+    char *colon = strchr(line + ind, ':');
+    if (!colon || ind % 2 || ind / 2 >= 8) continue;
+    int lvl = ind / 2;
+    snprintf(stack[lvl], sizeof stack[lvl], "%.*s", (int)(colon - line - ind), line + ind);
+    assert_true(nk < 128);
+    keys[nk][0] = '\0';
+    for (int l = 0; l <= lvl; l++) {
+      size_t len = strlen(keys[nk]);
+      snprintf(keys[nk] + len, sizeof keys[nk] - len, "%s%s", l ? "." : "", stack[l]);
+    }
+    const char *v = colon + 1;
+    while (*v == ' ') v++;
+    snprintf(defs[nk], sizeof defs[nk], "%s", v);
+    nk++;
+  }
+  free(yaml);
+  /* The doc: table rows "| `key` | type | bounds | `default` | meaning |" (sections:
+   * "| **`key`** | mapping | | | meaning |") after the "## Keys" heading. */
+  char line[1024];
+  bool in_keys = false;
+  int nd = 0;
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, "## ", 3) == 0) in_keys = strncmp(line, "## Keys", 7) == 0;
+    if (!in_keys || strncmp(line, "| ", 2) != 0) continue;
+    char *cell[6];
+    int nc = 0;
+    for (char *p = line; *p && nc < 6;) {
+      char *bar = strchr(p, '|');
+      if (!bar) break;
+      /* "\|" inside a cell is an escaped bar (enum alternatives), not a separator. */
+      while (bar && bar > line && bar[-1] == '\\') bar = strchr(bar + 1, '|');
+      if (!bar) break;
+      *bar = '\0';
+      if (p != line) cell[nc++] = p;
+      p = bar + 1;
+    }
+    if (nc < 5) continue;
+    char name[128], def[128];
+    if (sscanf(cell[0], " **`%127[^`]`**", name) != 1 && sscanf(cell[0], " `%127[^`]`", name) != 1)
+      continue; /* the header row, or another table */
+    def[0] = '\0';
+    sscanf(cell[3], " `%127[^`]`", def);
+    if (nd >= nk || strcmp(name, keys[nd]) != 0 || strcmp(def, defs[nd]) != 0)
+      fprintf(stderr, "# docs/CONFIG.md row %d: '%s' default '%s'; schema: '%s' default '%s'\n",
+              nd, name, def, nd < nk ? keys[nd] : "(none)", nd < nk ? defs[nd] : "");
+    assert_true(nd < nk);
+    assert_string_equal(name, keys[nd]);
+    assert_string_equal(def, defs[nd]);
+    nd++;
+  }
+  fclose(f);
+  if (nd != nk) fprintf(stderr, "# docs/CONFIG.md lists %d keys, the schema %d\n", nd, nk);
+  assert_int_equal(nd, nk);
 }
 
 /* libcyaml must not print: its log is captured, and the message is ours. */
@@ -574,6 +675,7 @@ int main(void) {
       cmocka_unit_test(test_validate),
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_quiet),
+      cmocka_unit_test(test_docs_table),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

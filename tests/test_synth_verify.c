@@ -7,6 +7,9 @@
  * Structure is measured with exact attention computed here in float64 from the generated
  * rows, independently of sr_verify. Every structure check is run twice: with the proposed
  * default strength it must pass, with that strength set to 0 it must fail.
+ *
+ * Needles span needle_span tokens on each side (default 16); span 1 (single-token needles)
+ * must give bit for bit the rows of the generator before spans existed (golden hashes).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,6 +40,7 @@ static void synth_defaults(sr_synth_params *s) {
   s->heavy_strength = 6.0f;
   s->needles = 4;
   s->needle_strength = 14.0f;
+  s->needle_span = 16;
   s->noise = 1.0f;
 }
 
@@ -62,30 +66,127 @@ static void make_cfg(sr_config *c, int64_t n, int d, int q_heads, int kv_heads, 
 static void test_chunking_invariance(void **state) {
   (void)state;
   sr_config c;
-  make_cfg(&c, 4096, 64, 4, 2, 16);
   const int d = 64;
   const int64_t n = 3000, p0 = 700; /* crosses 1024-position boundaries at odd offsets */
   float *one = malloc(sizeof(float) * n * d), *many = malloc(sizeof(float) * n * d);
   const char *which = "qkv";
-  for (int w = 0; w < 3; w++) {
-    for (int layer = 0; layer < 2; layer++) {
-      for (int head = 0; head < (which[w] == 'q' ? 4 : 2); head++) {
-        sr_synth_rows(&c, layer, which[w], head, p0, n, one);
-        /* Ten calls of 300, then single rows at scattered places. */
-        for (int k = 0; k < 10; k++)
-          sr_synth_rows(&c, layer, which[w], head, p0 + k * 300, 300, many + (size_t)k * 300 * d);
-        assert_memory_equal(one, many, sizeof(float) * n * d);
-        for (int64_t r = 0; r < n; r += 97) {
-          float row[64];
-          sr_synth_rows(&c, layer, which[w], head, p0 + r, 1, row);
-          assert_memory_equal(row, one + r * d, sizeof row);
+  for (int sp = 0; sp < 2; sp++) {
+    make_cfg(&c, 4096, 64, 4, 2, 16);
+    c.synth.needle_span = sp ? 16 : 1;
+    for (int w = 0; w < 3; w++) {
+      for (int layer = 0; layer < 2; layer++) {
+        for (int head = 0; head < (which[w] == 'q' ? 4 : 2); head++) {
+          sr_synth_rows(&c, layer, which[w], head, p0, n, one);
+          /* Ten calls of 300, then single rows at scattered places. */
+          for (int k = 0; k < 10; k++)
+            sr_synth_rows(&c, layer, which[w], head, p0 + k * 300, 300, many + (size_t)k * 300 * d);
+          assert_memory_equal(one, many, sizeof(float) * n * d);
+          for (int64_t r = 0; r < n; r += 97) {
+            float row[64];
+            sr_synth_rows(&c, layer, which[w], head, p0 + r, 1, row);
+            assert_memory_equal(row, one + r * d, sizeof row);
+          }
+          for (int64_t i = 0; i < n * d; i++) assert_true(isfinite(one[i]));
+          /* Calls that start or end inside a needle span. */
+          if (which[w] == 'v') continue;
+          sr_needle nd[4];
+          int nn = sr_synth_needles(&c, layer, which[w] == 'q' ? head / 2 : head, nd, 4);
+          for (int t = 0; t < nn; t++) {
+            int64_t a = (which[w] == 'q' ? nd[t].qpos : nd[t].kpos) - 5, len = nd[t].span + 10;
+            if (a < 0) a = 0;
+            sr_synth_rows(&c, layer, which[w], head, a, len, one);
+            for (int64_t r = 0; r < len; r += 3) {
+              int64_t cnt = len - r < 3 ? len - r : 3;
+              sr_synth_rows(&c, layer, which[w], head, a + r, cnt, many);
+              assert_memory_equal(many, one + r * d, sizeof(float) * cnt * d);
+            }
+          }
         }
-        for (int64_t i = 0; i < n * d; i++) assert_true(isfinite(one[i]));
       }
     }
   }
   free(one);
   free(many);
+}
+
+/* FNV-1a 64 over bytes. */
+static uint64_t fnv64(const void *p, size_t n, uint64_t h) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) {
+    h ^= b[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+/* needle_span 1 is the single-token generator exactly: the rows and needle positions of a
+ * fixed config (seed 1234, N 4096, d 64, 4 q-heads, 2 kv-heads, default strengths) equal,
+ * bit for bit, those of the generator before needle_span existed. The hashes were taken
+ * with that generator (GCC 12, x86-64, glibc libm); the code computes every value in a fixed
+ * order in ISO C mode, where GCC does not contract a*b+c into an FMA, so the rows are the same
+ * on any such build. A compiler that contracts by default (clang) may round differently:
+ * there only the positions are compared. */
+static void test_span1_is_single_token(void **state) {
+  (void)state;
+  sr_config c;
+  make_cfg(&c, 4096, 64, 4, 2, 16);
+  c.seed = 1234;
+  c.synth.needle_span = 1;
+  static const int64_t want_pos[2][2][4][2] = {
+      {{{2098, 532}, {2867, 825}, {3338, 1919}, {3785, 2316}},
+       {{2416, 183}, {2599, 699}, {3516, 65}, {3595, 553}}},
+      {{{2544, 255}, {2940, 1345}, {3127, 1474}, {3900, 2695}},
+       {{2431, 1177}, {2944, 871}, {3172, 168}, {3631, 273}}}};
+  static const uint64_t want_q[2] = {0xe52d5e100537bcdeull, 0xa098481dc788ea39ull};
+  static const uint64_t want_k[2] = {0x4ba398ce9ad266dcull, 0xc848d3def8efee00ull};
+  const int64_t n = 4096;
+  const int d = 64;
+  float *buf = malloc(sizeof(float) * n * d);
+  for (int layer = 0; layer < 2; layer++) {
+    for (int kvh = 0; kvh < 2; kvh++) {
+      sr_needle nd[4];
+      assert_int_equal(sr_synth_needles(&c, layer, kvh, nd, 4), 4);
+      for (int t = 0; t < 4; t++) {
+        assert_true(nd[t].qpos == want_pos[layer][kvh][t][0]);
+        assert_true(nd[t].kpos == want_pos[layer][kvh][t][1]);
+        assert_true(nd[t].span == 1);
+      }
+    }
+    uint64_t hq = 1469598103934665603ull, hk = hq;
+    for (int h = 0; h < 4; h++) {
+      sr_synth_rows(&c, layer, 'q', h, 0, n, buf);
+      hq = fnv64(buf, sizeof(float) * n * d, hq);
+    }
+    for (int h = 0; h < 2; h++) {
+      sr_synth_rows(&c, layer, 'k', h, 0, n, buf);
+      hk = fnv64(buf, sizeof(float) * n * d, hk);
+    }
+#if defined(__GNUC__) && !defined(__clang__)
+    if (hq != want_q[layer] || hk != want_k[layer])
+      fprintf(stderr, "# layer %d: q %016llx k %016llx\n", layer, (unsigned long long)hq,
+              (unsigned long long)hk);
+    assert_true(hq == want_q[layer]);
+    assert_true(hk == want_k[layer]);
+#else
+    (void)want_q;
+    (void)want_k;
+#endif
+  }
+  /* A span of 0 (a config built in code) counts as 1. */
+  sr_config z = c;
+  z.synth.needle_span = 0;
+  float *b2 = malloc(sizeof(float) * 512 * d);
+  sr_needle nd1[4], nd0[4];
+  sr_synth_needles(&c, 0, 1, nd1, 4);
+  sr_synth_needles(&z, 0, 1, nd0, 4);
+  assert_memory_equal(nd1, nd0, sizeof nd1);
+  for (int w = 0; w < 2; w++) {
+    sr_synth_rows(&c, 0, "qk"[w], 1, 2000, 512, buf);
+    sr_synth_rows(&z, 0, "qk"[w], 1, 2000, 512, b2);
+    assert_memory_equal(buf, b2, sizeof(float) * 512 * d);
+  }
+  free(b2);
+  free(buf);
 }
 
 /* Fraction of values that differ between two configs / heads / layers. */
@@ -128,33 +229,72 @@ static void test_streams_differ(void **state) {
   free(b);
 }
 
+/* The placement rules of docs/SYNTHETIC.md for any N and span: both spans inside [0, N), the
+ * key span before the query span, query starts non-decreasing; the span is
+ * min(needle_span, N / 2). */
+static void check_needles(const sr_config *c, const sr_needle *nd, int nn) {
+  const int64_t n = c->seq_len;
+  int64_t want_span = c->synth.needle_span ? (int64_t)c->synth.needle_span : 1;
+  if (want_span > n / 2) want_span = n / 2 > 1 ? n / 2 : 1;
+  assert_true(sr_synth_needle_span(c) == want_span);
+  for (int t = 0; t < nn; t++) {
+    assert_true(nd[t].span == want_span);
+    assert_true(nd[t].qpos >= n / 2 && nd[t].qpos + nd[t].span <= n);
+    assert_true(nd[t].kpos >= 0 && nd[t].kpos + nd[t].span <= nd[t].qpos);
+    if (t) assert_true(nd[t].qpos >= nd[t - 1].qpos);
+  }
+}
+
 static void test_positions(void **state) {
   (void)state;
   sr_config c;
-  make_cfg(&c, 65536, 64, 4, 2, 64);
-  c.synth.needles = 7;
-  c.synth.heavy_hitters = 9;
-  for (int kvh = 0; kvh < 2; kvh++) {
-    sr_needle nd[16];
-    int nn = sr_synth_needles(&c, 0, kvh, nd, 16);
-    assert_int_equal(nn, 7);
-    for (int t = 0; t < nn; t++) {
-      assert_true(nd[t].qpos >= c.seq_len / 2 && nd[t].qpos < c.seq_len);
-      assert_true(nd[t].kpos >= (int64_t)c.synth.sink_tokens);
-      assert_true(nd[t].qpos - nd[t].kpos >= c.seq_len / 4);
-    }
-    /* Fewer slots than needles: a prefix of the same list. */
-    sr_needle nd3[3];
-    assert_int_equal(sr_synth_needles(&c, 0, kvh, nd3, 3), 3);
-    assert_memory_equal(nd3, nd, sizeof nd3);
-    int64_t hv[16];
-    int nh = sr_synth_heavy(&c, 0, kvh, hv, 16);
-    assert_int_equal(nh, 9);
-    for (int t = 0; t < nh; t++) {
-      assert_true(hv[t] >= (int64_t)c.synth.sink_tokens && hv[t] < c.seq_len);
-      if (t) assert_true(hv[t] > hv[t - 1]);
+  for (int sp = 0; sp < 3; sp++) {
+    make_cfg(&c, 65536, 64, 4, 2, 64);
+    c.synth.needles = 7;
+    c.synth.heavy_hitters = 9;
+    c.synth.needle_span = sp == 0 ? 1 : sp == 1 ? 16 : 4096;
+    for (int kvh = 0; kvh < 2; kvh++) {
+      sr_needle nd[16];
+      int nn = sr_synth_needles(&c, 0, kvh, nd, 16);
+      assert_int_equal(nn, 7);
+      check_needles(&c, nd, nn);
+      for (int t = 0; t < nn; t++) {
+        const int64_t S = nd[t].span;
+        assert_true(S == (int64_t)c.synth.needle_span);
+        assert_true(nd[t].qpos >= c.seq_len / 2 && nd[t].qpos + S <= c.seq_len);
+        assert_true(nd[t].kpos >= (int64_t)c.synth.sink_tokens);
+        /* Every (query, key) pair at least N/4 apart; each query span inside its stratum. */
+        assert_true(nd[t].qpos - (nd[t].kpos + S - 1) >= c.seq_len / 4);
+        int64_t s0 = c.seq_len / 2 + t * (c.seq_len / 2) / 7;
+        int64_t s1 = c.seq_len / 2 + (t + 1) * (c.seq_len / 2) / 7;
+        assert_true(nd[t].qpos >= s0 && nd[t].qpos + S <= s1);
+      }
+      /* Fewer slots than needles: a prefix of the same list. */
+      sr_needle nd3[3];
+      assert_int_equal(sr_synth_needles(&c, 0, kvh, nd3, 3), 3);
+      assert_memory_equal(nd3, nd, sizeof nd3);
+      int64_t hv[16];
+      int nh = sr_synth_heavy(&c, 0, kvh, hv, 16);
+      assert_int_equal(nh, 9);
+      for (int t = 0; t < nh; t++) {
+        assert_true(hv[t] >= (int64_t)c.synth.sink_tokens && hv[t] < c.seq_len);
+        if (t) assert_true(hv[t] > hv[t - 1]);
+      }
     }
   }
+  /* Every N from 2 to 300 with spans 1, 3, 16 and 4096, more needles than room. */
+  for (int64_t n = 2; n <= 300; n++)
+    for (int sp = 0; sp < 4; sp++) {
+      make_cfg(&c, n, 64, 4, 2, 16);
+      c.synth.needles = 9;
+      c.synth.needle_span = sp == 0 ? 1 : sp == 1 ? 3 : sp == 2 ? 16 : 4096;
+      sr_needle nd[9];
+      int nn = sr_synth_needles(&c, 1, 1, nd, 9);
+      assert_int_equal(nn, 9);
+      check_needles(&c, nd, nn);
+    }
+  make_cfg(&c, 65536, 64, 4, 2, 64);
+  c.synth.needles = 7;
   /* The other kv-head and the other layer have other positions. */
   sr_needle a[7], b[7];
   sr_synth_needles(&c, 0, 0, a, 7);
@@ -221,8 +361,8 @@ typedef struct structure {
   double recency_ratio; /* mean weight of the ordinary keys among the last 64 / mean weight
                            of the ordinary keys further back                              */
   double heavy_ratio;   /* mean weight of a heavy key / mean weight of ordinary keys       */
-  double needle_mass;   /* mean weight of the needle key on its query                      */
-  double needle_x_pos;  /* needle_mass * (qpos + 1): the needle vs a uniform key           */
+  double needle_mass;   /* mean weight of the needle's key span on a query of its span     */
+  double needle_x_pos;  /* needle_mass * (pos + 1) / span: the span vs uniform keys        */
 } structure;
 
 /* Probabilities of row (h, pos) over keys 0..pos of K (kv-head rows [N][d]). */
@@ -260,11 +400,23 @@ static void measure(const sr_config *c, structure *s) {
     memset(special, 0, (size_t)n);
     for (int64_t j = 0; j < T && j < n; j++) special[j] = 1;
     for (int t = 0; t < nh; t++) special[hv[t]] = 1;
-    for (int t = 0; t < nn; t++) special[nd[t].kpos] = 1;
+    for (int t = 0; t < nn; t++)
+      for (int64_t j = nd[t].kpos; j < nd[t].kpos + nd[t].span; j++) special[j] = 1;
     for (int g = 0; g < group; g++) {
       const int h = kvh * group + g;
       for (int r = 0; r < 12; r++) {
         int64_t pos = n / 2 + 17 + r * (n / 2 - 40) / 12;
+        /* Not a needle query row (those are measured below: a needle row attends to its key
+         * span, which may hold a heavy hitter). */
+        for (bool moved = true; moved;) {
+          moved = false;
+          for (int t = 0; t < nn; t++)
+            if (pos >= nd[t].qpos && pos < nd[t].qpos + nd[t].span) {
+              pos = nd[t].qpos + nd[t].span;
+              moved = true;
+            }
+        }
+        if (pos >= n) continue;
         row_probs(c, h, pos, K, p);
         double sink = 0, last = 0, ord = 0;
         int64_t nord = 0, nlast = 0;
@@ -295,12 +447,15 @@ static void measure(const sr_config *c, structure *s) {
           hrows++;
         }
       }
-      for (int t = 0; t < nn; t++) {
-        row_probs(c, h, nd[t].qpos, K, p);
-        s->needle_mass += p[nd[t].kpos];
-        s->needle_x_pos += p[nd[t].kpos] * (double)(nd[t].qpos + 1);
-        nrows++;
-      }
+      for (int t = 0; t < nn; t++)
+        for (int64_t i = nd[t].qpos; i < nd[t].qpos + nd[t].span; i++) {
+          row_probs(c, h, i, K, p);
+          double ms = 0;
+          for (int64_t j = nd[t].kpos; j < nd[t].kpos + nd[t].span; j++) ms += p[j];
+          s->needle_mass += ms;
+          s->needle_x_pos += ms * (double)(i + 1) / (double)nd[t].span;
+          nrows++;
+        }
     }
   }
   s->sink_ratio /= rows;
@@ -366,6 +521,67 @@ static void test_structure(void **state) {
   print_structure("needle_strength 0", &s);
   assert_false(needle_visible(&s));
   assert_true(sinks_visible(&s) && recency_visible(&s) && heavy_visible(&s));
+
+  /* Single-token needles. */
+  make_cfg(&c, 4096, 64, 4, 2, 16);
+  c.synth.needle_span = 1;
+  measure(&c, &s);
+  print_structure("span 1", &s);
+  assert_true(sinks_visible(&s) && recency_visible(&s) && heavy_visible(&s));
+  assert_true(needle_visible(&s));
+  c.synth.needle_strength = 0;
+  measure(&c, &s);
+  print_structure("span 1, needle 0", &s);
+  assert_false(needle_visible(&s));
+}
+
+/* Exact float64 attention of every query row of every needle span (all q-heads) on its key
+ * span, at N = 16K and the default strengths: min and mean over the rows. */
+static void span_mass(const sr_config *c, double *mn, double *mean, int64_t *rows) {
+  const int64_t n = c->seq_len;
+  const int d = c->head_dim, group = c->q_heads / c->kv_heads;
+  float *K = malloc(sizeof(float) * n * d);
+  double *p = malloc(sizeof(double) * n);
+  *mn = INFINITY;
+  *mean = 0;
+  *rows = 0;
+  for (int kvh = 0; kvh < c->kv_heads; kvh++) {
+    sr_synth_rows(c, 0, 'k', kvh, 0, n, K);
+    sr_needle nd[8];
+    int nn = sr_synth_needles(c, 0, kvh, nd, 8);
+    for (int g = 0; g < group; g++)
+      for (int t = 0; t < nn; t++)
+        for (int64_t i = nd[t].qpos; i < nd[t].qpos + nd[t].span; i++) {
+          row_probs(c, kvh * group + g, i, K, p);
+          double ms = 0;
+          for (int64_t j = nd[t].kpos; j < nd[t].kpos + nd[t].span; j++) ms += p[j];
+          if (ms < *mn) *mn = ms;
+          *mean += ms;
+          (*rows)++;
+        }
+  }
+  *mean /= (double)*rows;
+  free(K);
+  free(p);
+}
+
+static void test_span_mass(void **state) {
+  (void)state;
+  sr_config c;
+  double mn, mean;
+  int64_t rows;
+  make_cfg(&c, 16384, 64, 4, 2, 16);
+  assert_int_equal(c.synth.needle_span, 16);
+  span_mass(&c, &mn, &mean, &rows);
+  fprintf(stderr, "# span 16, N 16K: key-span mass of %lld needle rows: min %.4f mean %.4f\n",
+          (long long)rows, mn, mean);
+  assert_int_equal(rows, 2 * 2 * 4 * 16);
+  assert_true(mn > 0.5);
+  c.synth.needle_strength = 0;
+  span_mass(&c, &mn, &mean, &rows);
+  fprintf(stderr, "# span 16, N 16K, needle_strength 0: min %.4f mean %.4f\n", mn, mean);
+  assert_false(mn > 0.5);
+  assert_true(mean < 0.05);
 }
 
 /* With noise 0 the logits are exactly the sum of the feature terms (docs/SYNTHETIC.md). */
@@ -373,6 +589,7 @@ static void test_exact_logits(void **state) {
   (void)state;
   sr_config c;
   make_cfg(&c, 8192, 64, 4, 2, 16);
+  c.synth.needle_span = 1;
   c.synth.noise = 0;
   const int d = 64, m = d / 4;
   const double sc = 1.0 / sqrt((double)d);
@@ -409,6 +626,67 @@ static void test_exact_logits(void **state) {
       want = c.synth.locality * rho / m;
     }
     assert_true(fabs(s * sc - want) < 2e-3);
+  }
+}
+
+/* Needles of span 16, noise 0: every (query, key) pair of a needle has the logit
+ * needle_strength + locality (rho(i - j) - mean rho over the pairs), so the mean over the
+ * S^2 pairs is exactly needle_strength; a query of the span sees every other key as before. */
+static void test_exact_span_logits(void **state) {
+  (void)state;
+  sr_config c;
+  make_cfg(&c, 8192, 64, 4, 2, 16);
+  c.synth.noise = 0;
+  const int d = 64, m = d / 4;
+  const double sc = 1.0 / sqrt((double)d);
+  sr_needle nd[4];
+  int nn = sr_synth_needles(&c, 0, 1, nd, 4);
+  int64_t hv[4];
+  int nh = sr_synth_heavy(&c, 0, 1, hv, 4);
+  const int64_t S = 16;
+  float Q[16 * 64], K[16 * 64], k[64];
+  double th[16];
+  for (int p = 0; p < m; p++) th[p] = pow(10000.0, -(double)p / m);
+  for (int t = 0; t < nn; t++) {
+    assert_true(nd[t].span == S);
+    bool heavy_in_span = false;
+    for (int x = 0; x < nh; x++) heavy_in_span |= hv[x] >= nd[t].kpos && hv[x] < nd[t].kpos + S;
+    if (heavy_in_span) continue; /* (a heavy key drops its locality part) */
+    for (int h = 2; h < 4; h++) {
+      sr_synth_rows(&c, 0, 'q', h, nd[t].qpos, S, Q);
+      sr_synth_rows(&c, 0, 'k', 1, nd[t].kpos, S, K);
+      double rho[16][16], rbar = 0, mean = 0;
+      for (int a = 0; a < S; a++)
+        for (int b = 0; b < S; b++) {
+          double r = 0;
+          for (int p = 0; p < m; p++) r += cos((double)(nd[t].qpos + a - nd[t].kpos - b) * th[p]);
+          rho[a][b] = r / m;
+          rbar += rho[a][b] / (double)(S * S);
+        }
+      for (int a = 0; a < S; a++)
+        for (int b = 0; b < S; b++) {
+          double s = 0;
+          for (int x = 0; x < d; x++) s += (double)Q[a * d + x] * K[b * d + x];
+          s *= sc;
+          mean += s / (double)(S * S);
+          assert_true(fabs(s - (c.synth.needle_strength + c.synth.locality * (rho[a][b] - rbar))) <
+                      2e-3);
+        }
+      assert_true(fabs(mean - c.synth.needle_strength) < 1e-3);
+      /* The span's last query against ordinary keys: locality * rho. */
+      const int64_t i = nd[t].qpos + S - 1;
+      for (int64_t j = 4; j < i; j += 37) {
+        bool special = false;
+        for (int x = 0; x < nh; x++) special |= hv[x] == j;
+        for (int u = 0; u < nn; u++) special |= j >= nd[u].kpos && j < nd[u].kpos + S;
+        if (special) continue;
+        sr_synth_rows(&c, 0, 'k', 1, j, 1, k);
+        double s = 0, r = 0;
+        for (int x = 0; x < d; x++) s += (double)Q[(S - 1) * d + x] * k[x];
+        for (int p = 0; p < m; p++) r += cos((double)(i - j) * th[p]);
+        assert_true(fabs(s * sc - c.synth.locality * r / m) < 2e-3);
+      }
+    }
   }
 }
 
@@ -488,12 +766,30 @@ static bool rule_partial(const sr_config *c, int h, int64_t qb, int64_t b) {
   (void)h;
   return b == 0 || b == qb || b % 3 == 1;
 }
-/* Everything but the needle key blocks, for the q-blocks holding needle queries. */
+/* Does [a, a + n) meet block `blk` of size bs? */
+static bool span_meets(int64_t a, int64_t n, int64_t blk, int bs) {
+  return a < (blk + 1) * bs && a + n > blk * bs;
+}
+/* Everything but the blocks of the needle key spans, for the q-blocks holding needle query
+ * rows. */
 static bool rule_no_needles(const sr_config *c, int h, int64_t qb, int64_t b) {
   sr_needle nd[16];
   int nn = sr_synth_needles(c, 0, h / (c->q_heads / c->kv_heads), nd, 16);
   for (int t = 0; t < nn; t++)
-    if (nd[t].qpos / c->block_q == qb && nd[t].kpos / c->block_k == b) return false;
+    if (span_meets(nd[t].qpos, nd[t].span, qb, c->block_q) &&
+        span_meets(nd[t].kpos, nd[t].span, b, c->block_k))
+      return false;
+  return true;
+}
+/* Of the key-span blocks, only the first one (kpos / bk), for the q-blocks holding needle
+ * query rows: a row hits only if the key it weighs most lies in that block. */
+static bool rule_first_span_block(const sr_config *c, int h, int64_t qb, int64_t b) {
+  sr_needle nd[16];
+  int nn = sr_synth_needles(c, 0, h / (c->q_heads / c->kv_heads), nd, 16);
+  for (int t = 0; t < nn; t++)
+    if (span_meets(nd[t].qpos, nd[t].span, qb, c->block_q) &&
+        span_meets(nd[t].kpos, nd[t].span, b, c->block_k) && b != nd[t].kpos / c->block_k)
+      return false;
   return true;
 }
 
@@ -585,37 +881,59 @@ static void small_cfg(sr_config *c) {
 static void test_verify_exact(void **state) {
   (void)state;
   sr_config c;
-  small_cfg(&c);
   truth t;
-  truth_build(&c, &t);
   sr_quality q;
   sr_quality_summary s;
-  counting cc = {.cfg = &c};
-  verify_sim(&c, &t, 1, rule_full, 0.0, &q, &cc);
-  sr_quality_summarize(&q, &s);
-  /* 24 strata per head plus the needle queries of its group (distinct positions). */
-  int64_t want_rows = 0;
-  for (int h = 0; h < c.q_heads; h++) {
-    int64_t *pos, np;
-    assert_int_equal(sr_verify_sample(&c, 0, h, &pos, &np), SR_OK);
-    assert_true(np >= 24 && np <= 24 + 4);
-    assert_int_equal(q.rows[h], np);
-    want_rows += np;
-    free(pos);
+  for (int sp = 0; sp < 2; sp++) {
+    small_cfg(&c);
+    c.synth.needle_span = sp ? 16 : 1;
+    const int64_t S = sr_synth_needle_span(&c);
+    assert_true(S == (sp ? 16 : 1));
+    truth_build(&c, &t);
+    counting cc = {.cfg = &c};
+    verify_sim(&c, &t, 1, rule_full, 0.0, &q, &cc);
+    sr_quality_summarize(&q, &s);
+    /* 24 strata per head plus every row of the needle query spans of its group (distinct
+     * positions). */
+    int64_t want_rows = 0;
+    for (int h = 0; h < c.q_heads; h++) {
+      int64_t *pos, np;
+      assert_int_equal(sr_verify_sample(&c, 0, h, &pos, &np), SR_OK);
+      assert_true(np >= 24 && np <= 24 + 4 * S);
+      for (int64_t i = 1; i < np; i++) assert_true(pos[i] > pos[i - 1]);
+      sr_needle nd[4];
+      int nn = sr_synth_needles(&c, 0, h / 2, nd, 4);
+      for (int u = 0; u < nn; u++)
+        for (int64_t i = nd[u].qpos; i < nd[u].qpos + S; i++) {
+          bool found = false;
+          for (int64_t x = 0; x < np; x++) found |= pos[x] == i;
+          assert_true(found);
+        }
+      assert_int_equal(q.rows[h], np);
+      want_rows += np;
+      free(pos);
+    }
+    assert_int_equal(s.rows, want_rows);
+    fprintf(stderr,
+            "# exact, span %lld: rel err %.2e, lse err %.2e, recall %.12f, needles "
+            "%lld/%lld, needle mass %.3f\n",
+            (long long)S, s.rel_err, s.lse_maxerr, s.recall, (long long)s.needle_hits,
+            (long long)s.needles, s.needle_mass);
+    assert_true(s.rel_err < 1e-6);
+    assert_true(s.lse_maxerr < 1e-5);
+    assert_true(fabs(s.recall - 1.0) < 1e-12);
+    /* 4 needles x span rows x 2 q-heads per group x 2 groups */
+    assert_int_equal(s.needles, 4 * S * 2 * 2);
+    assert_int_equal(s.needle_hits, s.needles);
+    assert_true(s.needle_mass > (sp ? 0.9 : 0.3));
+    /* Each kv-head's keys were generated once (plus each needle's key span once per batch),
+     * never per head. */
+    for (int kvh = 0; kvh < 2; kvh++) assert_true(cc.krows[kvh] <= c.seq_len + 4 * S);
+    sr_quality_free(&q);
+    truth_free(&t);
   }
-  assert_int_equal(s.rows, want_rows);
-  fprintf(stderr, "# exact: rel err %.2e, lse err %.2e, recall %.12f, needles %lld/%lld, "
-          "needle mass %.3f\n", s.rel_err, s.lse_maxerr, s.recall, (long long)s.needle_hits,
-          (long long)s.needles, s.needle_mass);
-  assert_true(s.rel_err < 1e-6);
-  assert_true(s.lse_maxerr < 1e-5);
-  assert_true(fabs(s.recall - 1.0) < 1e-12);
-  assert_int_equal(s.needles, 4 * 2 * 2); /* 4 needles x 2 q-heads per group x 2 groups */
-  assert_int_equal(s.needle_hits, s.needles);
-  assert_true(s.needle_mass > 0.3);
-  /* Each kv-head's keys were generated once (plus one row per needle mass), never per head. */
-  for (int kvh = 0; kvh < 2; kvh++) assert_true(cc.krows[kvh] <= c.seq_len + 2 * 4);
-  sr_quality_free(&q);
+  small_cfg(&c);
+  truth_build(&c, &t);
 
   /* All rows. */
   c.verify_rows = -1;
@@ -715,13 +1033,56 @@ static void test_verify_recall_and_needles(void **state) {
   assert_true(fabs(s.recall - want) < 1e-9);
   sr_quality_free(&q);
 
-  /* Missing needle blocks: every needle is missed, recall drops by about the needle mass. */
+  /* Missing needle blocks: every needle row is missed, recall drops by about the needle
+   * mass. */
+  const int64_t S = sr_synth_needle_span(&c);
+  assert_true(S == 16);
   verify_sim(&c, &t, 2, rule_no_needles, 0.0, &q, NULL);
   sr_quality_summarize(&q, &s);
-  assert_int_equal(s.needles, 16);
+  assert_int_equal(s.needles, 16 * S);
   assert_int_equal(s.needle_hits, 0);
   assert_true(s.needle_hit_rate == 0.0);
   assert_true(s.recall < 1.0);
+  assert_true(s.needle_mass > 0.9); /* the reference mass does not depend on the selection */
+  sr_quality_free(&q);
+
+  /* Only the first block of each key span: a row hits exactly when the span key its
+   * reference weighs most lies in that block (computed here from the generated rows). */
+  verify_sim(&c, &t, 2, rule_first_span_block, 0.0, &q, NULL);
+  sr_quality_summarize(&q, &s);
+  int64_t want_hits = 0, nrows_needle = 0;
+  const int d = c.head_dim;
+  float *qr = malloc(sizeof(float) * d), *kr = malloc(sizeof(float) * S * d);
+  for (int h = 0; h < c.q_heads; h++) {
+    sr_needle nd[4];
+    int nn = sr_synth_needles(&c, 0, h / 2, nd, 4);
+    for (int u = 0; u < nn; u++) {
+      sr_synth_rows(&c, 0, 'k', h / 2, nd[u].kpos, S, kr);
+      for (int64_t i = nd[u].qpos; i < nd[u].qpos + S; i++) {
+        sr_synth_rows(&c, 0, 'q', h, i, 1, qr);
+        double best = -INFINITY;
+        int64_t bj = 0;
+        for (int64_t j = 0; j < S; j++) {
+          double dot = 0;
+          for (int x = 0; x < d; x++) dot += (double)qr[x] * (double)kr[j * d + x];
+          if (dot > best) {
+            best = dot;
+            bj = nd[u].kpos + j;
+          }
+        }
+        want_hits += rule_first_span_block(&c, h, i / c.block_q, bj / c.block_k);
+        nrows_needle++;
+      }
+    }
+  }
+  free(qr);
+  free(kr);
+  fprintf(stderr, "# first span block only: needle hits %lld/%lld (by hand %lld)\n",
+          (long long)s.needle_hits, (long long)s.needles, (long long)want_hits);
+  assert_int_equal(s.needles, nrows_needle);
+  assert_int_equal(s.needle_hits, want_hits);
+  /* The strict rule really decides: some rows hit, some miss (spans straddle blocks). */
+  assert_true(want_hits > 0 && want_hits < nrows_needle);
   sr_quality_free(&q);
   truth_free(&t);
 }
@@ -771,11 +1132,14 @@ int main(int argc, char **argv) {
   g_seed = sr_test_seed("test_synth_verify");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_chunking_invariance),
+      cmocka_unit_test(test_span1_is_single_token),
       cmocka_unit_test(test_streams_differ),
       cmocka_unit_test(test_positions),
       cmocka_unit_test(test_zero_strength_is_off),
       cmocka_unit_test(test_structure),
       cmocka_unit_test(test_exact_logits),
+      cmocka_unit_test(test_exact_span_logits),
+      cmocka_unit_test(test_span_mass),
       cmocka_unit_test(test_verify_exact),
       cmocka_unit_test(test_verify_perturbed),
       cmocka_unit_test(test_verify_recall_and_needles),
