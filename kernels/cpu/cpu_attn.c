@@ -1,0 +1,275 @@
+/*
+ * cpu_attn.c — block-sparse causal flash-attention forward on the CPU (fp32).
+ *
+ * Work: one CSR row = one (q-head h, local q-block m) = up to bq query rows; the row's entries
+ * name the KV slots it attends to. Rows are independent, so OpenMP threads take rows with a
+ * dynamic schedule (causal and sparse rows differ greatly in length), longest rows first.
+ *
+ * Data layout per row (the invariants the inner loops rely on):
+ *   qt [d][bqp]   Q block transposed and pre-multiplied by scale*log2(e), so scores come out
+ *                 in base-2 units and the softmax uses exp2 without a multiply per score.
+ *                 Lanes >= the valid rows are zero (never NaN), so padded lanes stay finite.
+ *   st [bk][bqp]  S^T = K . Q^T for the current block, overwritten in place by P^T.
+ *   ot            unnormalised output, rescaled by alpha whenever the row max grows:
+ *                 O [bq][d] when d is a multiple of 16, else O^T [d][bqp] (see attn_row).
+ *   m, l          running max (base 2) and running sum per lane; alpha the rescale factor.
+ * bqp = bq rounded up to 16 lanes. Each thread allocates these once per call.
+ *
+ * Masking. Only keys j < jn of a slot are ever read, jn = min(bk, kv_limit - kpos,
+ * last query position + 1 - kpos): keys beyond the sequence end may be garbage in the pool,
+ * and keys after the last query row are invisible to every row. Keys below jn that are
+ * still in the future of some rows (the diagonal block) get -inf in S for those lanes.
+ *
+ * Empty rows. A lane that has seen no visible key has m = -inf; its exponent reference is
+ * taken as 0 instead of m, so exp2(-inf - 0) = 0 and no -inf - -inf = NaN ever appears.
+ * At the end such rows get out = 0 and lse = -inf, as kernels.h specifies.
+ */
+#include "cpu_internal.h"
+
+#include <omp.h>
+
+/* Per-thread scratch, one allocation per thread per call. */
+typedef struct attn_scratch {
+  float *qt, *st, *ot;     /* [d][bqp], [bk][bqp], [d][bqp]                         */
+  float *m, *l;            /* running max (base 2) and sum, [bqp]                   */
+  float *alpha, *inv;      /* rescale of the old output; 1/l at the end, [bqp]      */
+  void *base;
+} attn_scratch;
+
+/* Runs on a worker thread, so it leaves the message to the calling thread (sr__seterr keeps
+ * one message per thread). */
+static sr_status attn_scratch_alloc(attn_scratch *w, int64_t d, int64_t bk, int64_t bqp) {
+  const size_t floats = (size_t)bqp * (size_t)(2 * d + bk + 4);
+  w->base = sr__alloc(floats * sizeof(float));
+  if (!w->base) return SR_ERR_NOMEM;
+  float *p = w->base;
+  /* Every piece is a multiple of bqp floats, hence 64-byte aligned like the base. */
+  w->qt = p, p += d * bqp;
+  w->ot = p, p += d * bqp;
+  w->st = p, p += bk * bqp;
+  w->m = p, p += bqp;
+  w->l = p, p += bqp;
+  w->alpha = p, p += bqp;
+  w->inv = p;
+  return SR_OK;
+}
+
+/*
+ * Online softmax for one block of jn keys over L lanes: masks the future keys of the
+ * diagonal block, updates m and l, writes alpha (the factor for the old output) and turns
+ * st into P^T in place. The lanes are walked in groups of 16 with fixed-size inner loops, so
+ * each inner loop is exactly one AVX-512 vector operation with its running max and sum in
+ * registers (runtime-length loops cost more in set-up than in work at bq = 16).
+ */
+static void softmax_block(float *restrict st, int64_t bqp, int64_t jn, int64_t L,
+                          int64_t first_masked_key, int64_t key_minus_q, attn_scratch *w) {
+  enum { LN = SR_CPU_LANES };
+  /* Key j is in the future of lane i iff i < j + key_minus_q (key position - first query
+   * position); only keys from first_masked_key on can be, so only those rows are touched. */
+  for (int64_t j = first_masked_key; j < jn; j++) {
+    const int64_t t = j + key_minus_q < L ? j + key_minus_q : L;
+    float *restrict sj = st + j * bqp;
+    for (int64_t i = 0; i < t; i++) sj[i] = -INFINITY;
+  }
+  for (int64_t g = 0; g < L; g += LN) {
+    float *restrict m = w->m + g, *restrict l = w->l + g, *restrict alpha = w->alpha + g;
+    float mx[LN], ref[LN], sum[LN];
+#pragma omp simd
+    for (int i = 0; i < LN; i++) mx[i] = m[i];
+    for (int64_t j = 0; j < jn; j++) {
+      const float *restrict sj = st + j * bqp + g;
+#pragma omp simd
+      for (int i = 0; i < LN; i++) mx[i] = sj[i] > mx[i] ? sj[i] : mx[i];
+    }
+#pragma omp simd
+    for (int i = 0; i < LN; i++) {
+      ref[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
+      alpha[i] = sr__cpu_exp2(m[i] - ref[i]); /* m = -inf (nothing seen yet) gives 0 */
+      m[i] = mx[i];
+      sum[i] = 0.0f;
+    }
+    for (int64_t j = 0; j < jn; j++) {
+      float *restrict sj = st + j * bqp + g;
+#pragma omp simd
+      for (int i = 0; i < LN; i++) {
+        const float p = sr__cpu_exp2(sj[i] - ref[i]);
+        sj[i] = p;
+        sum[i] += p;
+      }
+    }
+#pragma omp simd
+    for (int i = 0; i < LN; i++) l[i] = l[i] * alpha[i] + sum[i];
+  }
+}
+
+/* Asks for the K and V block of the next entry while this one computes: sparse rows jump
+ * between slots, which the hardware prefetchers cannot predict, and a 16-row block is too
+ * short for them to ramp up. Prefetches never fault, so any slot number is safe here. */
+static inline __attribute__((always_inline)) void prefetch_block(const float *k, const float *v,
+                                                                  size_t off, size_t bytes) {
+  const char *pk = (const char *)(k + off), *pv = (const char *)(v + off);
+  for (size_t x = 0; x < bytes; x += 64) {
+    __builtin_prefetch(pk + x);
+    __builtin_prefetch(pv + x);
+  }
+}
+
+/* Prefetches the Q rows of (q-head h, q-block mb). Both prefetch helpers are always_inline:
+ * GCC judges a function that only prefetches to be const and deletes calls to it. */
+static inline __attribute__((always_inline)) void prefetch_q(const sr_attn_args *a, int64_t mb,
+                                                             int h) {
+  const int64_t i0 = mb * a->bq, qrows = a->nq - i0 < a->bq ? a->nq - i0 : a->bq;
+  if (qrows <= 0) return;
+  const char *q = (const char *)(a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)a->d);
+  const size_t bytes = (size_t)qrows * (size_t)a->d * sizeof(float);
+  for (size_t x = 0; x < bytes; x += 64) __builtin_prefetch(q + x);
+}
+
+/*
+ * One CSR row: q-head h, local q-block mb.
+ * The output accumulator has two forms. When d is a multiple of 16 (every model shape),
+ * O is row-major [bq][d] and P.V runs with the head dim along the lanes: V rows are then
+ * contiguous lane vectors (4 loads + 6 broadcasts per 24 FMAs even for bq = 16), the rescale
+ * is per row, and the result needs no transpose. Otherwise O^T [d][bqp] keeps the queries
+ * along the lanes (V read as broadcasts), and is transposed back at the end.
+ */
+static void attn_row(const sr_attn_args *a, int h, int64_t mb, int64_t bqp, float qscale,
+                     attn_scratch *w) {
+  const int64_t d = a->d, bk = a->bk, i0 = mb * a->bq;
+  const int64_t qrows = a->nq - i0 < a->bq ? a->nq - i0 : a->bq;
+  if (qrows <= 0) return;
+  const int64_t L = sr__cpu_lanes_up(qrows);
+  const int rowmajor = d % SR_CPU_LANES == 0;
+  const float *q = a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)d;
+
+  /* Q^T, scaled; padded lanes zero. */
+  sr__cpu_transpose(q, qrows, d, d, w->qt, bqp, L, qscale, NULL);
+  for (int64_t i = 0; i < L; i++) {
+    w->m[i] = -INFINITY;
+    w->l[i] = 0.0f;
+  }
+
+  const int64_t qfirst = a->qpos[mb], qlast = qfirst + qrows - 1;
+  const int64_t r = (int64_t)h * a->nqb + mb, e_end = a->row_ptr[r + 1];
+  const size_t blk = (size_t)bk * (size_t)d;
+  int first = 1; /* the first computed block overwrites the accumulator instead of rescaling */
+  for (int64_t e = a->row_ptr[r]; e < e_end; e++) {
+    const int64_t kp = a->kpos[e];
+    int64_t jn = bk;
+    if (a->kv_limit - kp < jn) jn = a->kv_limit - kp;
+    if (qlast + 1 - kp < jn) jn = qlast + 1 - kp;
+    if (jn <= 0) continue; /* entirely in the future or beyond the sequence end */
+    const float *kb = a->k + (size_t)a->slot[e] * blk, *vb = a->v + (size_t)a->slot[e] * blk;
+    if (e + 1 < e_end) prefetch_block(a->k, a->v, (size_t)a->slot[e + 1] * blk, blk * 4);
+
+    /* S^T[j][i] = sum_c K[j][c] * Qt[c][i]  (K read in place: row stride d). */
+    sr__cpu_gemm_lanes(jn, L, d, kb, d, 1, w->qt, bqp, w->st, bqp, NULL, NULL);
+    /* Keys with kp + j > qfirst are in the future of the first lanes. */
+    const int64_t key_minus_q = kp - qfirst;
+    const int64_t first_masked = key_minus_q >= 1 ? 0 : 1 - key_minus_q;
+    softmax_block(w->st, bqp, jn, L, first_masked, key_minus_q, w);
+    if (rowmajor) /* O[i][c] = alpha[i] * O[i][c] + sum_j P^T[j][i] * V[j][c] */
+      sr__cpu_gemm_lanes(qrows, d, jn, w->st, 1, bqp, vb, d, w->ot, d, NULL,
+                         first ? NULL : w->alpha);
+    else /* O^T[c][i] = alpha[i] * O^T[c][i] + sum_j V[j][c] * P^T[j][i] */
+      sr__cpu_gemm_lanes(d, L, jn, vb, 1, d, w->st, bqp, w->ot, bqp, first ? NULL : w->alpha,
+                         NULL);
+    first = 0;
+  }
+  if (first) memset(w->ot, 0, (size_t)(d * bqp) * sizeof(float));
+
+  /* Normalise by 1/l (0 for rows that saw nothing: their accumulator is exactly 0) into the
+   * row-major output; lse in natural log. */
+  float *out = a->out + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)d;
+  float *lse = a->lse + (size_t)h * (size_t)a->nq + (size_t)i0;
+  float *inv = w->inv;
+  for (int64_t i = 0; i < qrows; i++) {
+    const int empty = w->m[i] == -INFINITY;
+    inv[i] = empty ? 0.0f : 1.0f / w->l[i];
+    lse[i] = empty ? -INFINITY
+                   : (float)(((double)w->m[i] + log2((double)w->l[i])) * 0.69314718055994530942);
+  }
+  if (rowmajor) {
+    for (int64_t i = 0; i < qrows; i++) {
+      const float f = inv[i];
+      const float *restrict oi = w->ot + i * d;
+      float *restrict dst = out + i * d;
+      for (int64_t c = 0; c < d; c++) dst[c] = oi[c] * f;
+    }
+  } else {
+    sr__cpu_transpose(w->ot, d, qrows, bqp, out, d, d, 1.0f, inv);
+  }
+}
+
+/* Shapes and CSR sanity, checked serially so that the threaded part cannot fail on input. */
+static sr_status attn_check(const sr_attn_args *a) {
+  if (!a) return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL arguments");
+  if (a->q_heads <= 0 || a->d <= 0 || a->bq <= 0 || a->bk <= 0 || a->nqb < 0 || a->nq < 0)
+    return sr__seterr(SR_ERR_SHAPE,
+                      "attn_fwd: bad shape q_heads=%d d=%d bq=%d bk=%d nqb=%d nq=%lld",
+                      a->q_heads, a->d, a->bq, a->bk, a->nqb, (long long)a->nq);
+  if (a->nq > (int64_t)a->nqb * a->bq)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: nq=%lld exceeds nqb*bq=%lld", (long long)a->nq,
+                      (long long)a->nqb * a->bq);
+  if (a->nq == 0 || a->nqb == 0) return SR_OK;
+  if (!a->q || !a->qpos || !a->row_ptr || !a->out || !a->lse)
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL q/qpos/row_ptr/out/lse");
+  const int64_t rows = (int64_t)a->q_heads * a->nqb;
+  if (a->row_ptr[0] != 0)
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr[0]=%lld, expected 0",
+                      (long long)a->row_ptr[0]);
+  for (int64_t r = 0; r < rows; r++)
+    if (a->row_ptr[r + 1] < a->row_ptr[r])
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr decreases at row %lld",
+                        (long long)r);
+  const int64_t nnz = a->row_ptr[rows];
+  if (nnz > 0 && (!a->slot || !a->kpos || !a->k || !a->v))
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL slot/kpos/k/v with %lld entries",
+                      (long long)nnz);
+  for (int64_t e = 0; e < nnz; e++)
+    if (a->slot[e] < 0)
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: negative slot %d at entry %lld",
+                        (int)a->slot[e], (long long)e);
+  return SR_OK;
+}
+
+sr_status sr__cpu_attn_fwd(const sr_attn_args *a) {
+  SR_TRY(attn_check(a));
+  if (a->nq == 0 || a->nqb == 0) return SR_OK;
+  const int64_t rows = (int64_t)a->q_heads * a->nqb;
+  const int64_t bqp = sr__cpu_lanes_up(a->bq);
+  const float qscale = a->scale * 1.44269504088896340736f; /* log2(e) */
+  int nt = sr__cpu_threads();
+  if ((int64_t)nt > rows) nt = (int)rows;
+  int nomem = 0;
+
+#pragma omp parallel num_threads(nt)
+  {
+    attn_scratch w = {0};
+    const int ok = attn_scratch_alloc(&w, a->d, a->bk, bqp) == SR_OK;
+    if (!ok) {
+#pragma omp atomic write
+      nomem = 1;
+    }
+    /* Every thread must reach the work-sharing loop; a thread without scratch skips rows,
+     * and the call reports SR_ERR_NOMEM afterwards (outputs are then unspecified). */
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < rows; t++) {
+      if (!ok) continue;
+      /* Later q-blocks have more causal work: hand them out first. */
+      const int64_t mb = a->nqb - 1 - t / a->q_heads;
+      const int h = (int)(t % a->q_heads);
+      /* The Q block of the row this thread most likely takes next (rows go out round-robin
+       * while they cost about the same): it comes from memory, and at a few blocks per row
+       * (high sparsity) its load latency is otherwise a visible share of the row. */
+      const int64_t tn = t + nt;
+      if (tn < rows) prefetch_q(a, a->nqb - 1 - tn / a->q_heads, (int)(tn % a->q_heads));
+      attn_row(a, h, mb, bqp, qscale, &w);
+    }
+    sr__free(w.base);
+  }
+  if (nomem)
+    return sr__seterr(SR_ERR_NOMEM, "attn_fwd: out of memory for per-thread scratch (%lld B)",
+                      (long long)((size_t)bqp * (size_t)(2 * a->d + a->bk + 4) * 4));
+  return SR_OK;
+}
