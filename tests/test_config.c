@@ -145,8 +145,8 @@ static void test_demo_loads(void **state) {
   assert_int_equal(c.q_heads, 8);
   assert_int_equal(c.kv_heads, 2);
   assert_int_equal(c.method, SR_METHOD_BLOCK_SPARSE);
-  assert_int_equal(c.block_q, 64);
-  assert_int_equal(c.block_k, 64);
+  assert_int_equal(c.block_q, 16);
+  assert_int_equal(c.block_k, 16);
   assert_true(c.sparsity == 0.9);
   assert_true(c.seq_len == 16384);
   assert_true(c.verify_rows == 64);
@@ -324,7 +324,7 @@ static void test_overrides(void **state) {
   const char *dense[] = {"attention.method=dense"};
   assert_int_equal(sr_config_load(&c, NULL, dense, 1), SR_OK);
   assert_int_equal(c.method, SR_METHOD_DENSE);
-  assert_int_equal(c.block_q, 64);
+  assert_int_equal(c.block_q, 16);
   sr_config_free(&c);
 }
 
