@@ -65,12 +65,6 @@ typedef struct mpi_impl {
   MPI_Request req[2][2];
 } mpi_impl;
 
-static sr_status mpi_allgather(sr_transport *t, const void *send, size_t bytes, void *recv) {
-  if (bytes > INT_MAX) return sr__seterr(SR_ERR_SHAPE, "all-gather of %zu bytes per rank exceeds MPI int counts", bytes);
-  SR_MPI(MPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, t->world->comm));
-  return SR_OK;
-}
-
 /* Large messages are sent as MPI_FLOAT-free byte counts split into 1 GiB pieces would be
  * needed beyond INT_MAX; a contiguous derived type of 64 bytes keeps counts in range. */
 static sr_status post_one(MPI_Request *req, bool is_send, void *buf, size_t bytes, int peer,
@@ -124,7 +118,6 @@ sr_status sr_transport_mpi_create(const sr_world *w, sr_transport **out) {
   for (int i = 0; i < 2; i++)
     for (int j = 0; j < 2; j++) m->req[i][j] = MPI_REQUEST_NULL;
   t->name = "mpi";
-  t->allgather = mpi_allgather;
   t->step_post = mpi_step_post;
   t->step_wait = mpi_step_wait;
   t->destroy = mpi_destroy;

@@ -6,9 +6,9 @@
  * of all ranks (the lowest failing rank's status and message win, on every rank) before the
  * next collective is entered. main() then prints the message once, from rank 0.
  *
- * The transport table moves bulk KV data (summaries all-gather and ring-shift steps). The MPI
- * transport works on host buffers; an NCCL transport on device buffers plugs into the same
- * table. Small host-side metadata (request lists, metrics) always travels over MPI.
+ * The transport table moves bulk KV data: the ring-shift steps, in backend memory (host
+ * buffers for the MPI transport, device buffers for NCCL). Everything small and host-side
+ * (key-block summaries, request lists, metrics, status) travels over MPI on `world->comm`.
  */
 #ifndef SR_COMM_H
 #define SR_COMM_H
@@ -42,8 +42,6 @@ sr_status sr__mpi_check(int rc, const char *what, const char *file, int line);
 typedef struct sr_transport sr_transport;
 struct sr_transport {
   const char *name;
-  /* All-gather of `bytes` per rank: recv holds nranks * bytes in rank order. Collective. */
-  sr_status (*allgather)(sr_transport *t, const void *send, size_t bytes, void *recv);
   /* Posts ring step `step` (any small integer; two steps may be in flight): send send_bytes
    * to dst and receive recv_bytes from src. Either size may be 0 (nothing posted for it). */
   sr_status (*step_post)(sr_transport *t, int step, const void *sendbuf, size_t send_bytes,

@@ -12,6 +12,7 @@
 
 #include <limits.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 
 void sr_xplan_free(sr_xplan *x) {
@@ -20,6 +21,7 @@ void sr_xplan_free(sr_xplan *x) {
   sr__free(x->send_off);
   sr__free(x->send_ids);
   sr__free(x->slot_of);
+  sr__free(x->send_slots);
   *x = (sr_xplan){0};
 }
 
@@ -33,7 +35,7 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
   x->kv_heads = p->kv_heads;
   x->nkb_global = p->nkb_global;
   x->nkb_local = p->nkb_local;
-  x->item_floats = (size_t)p->bk * (size_t)p->d;
+  x->item_elems = (size_t)p->bk * (size_t)p->d;
   const int64_t nids = (int64_t)p->kv_heads * p->nkb_global;
 
   sr_status st = SR_OK;
@@ -131,6 +133,20 @@ done:
                          dis_recv, MPI_INT64_T, comm);
       st = sr__mpi_check(rc, "MPI_Alltoallv(request ids)", __FILE__, __LINE__);
     }
+    /* Local slot of every block requested from me: what the packing gathers. */
+    if (st == SR_OK) {
+      x->send_slots = sr__alloc((size_t)(total > 0 ? total : 1) * sizeof(int32_t));
+      if (!x->send_slots) st = sr__seterr(SR_ERR_NOMEM, "out of memory for request lists");
+      for (int64_t i = 0; st == SR_OK && i < total; i++) {
+        int64_t id = x->send_ids[i], h = id / p->nkb_global, lb = 0;
+        if (h >= p->kv_heads || sr_plan_kblock_owner(p, id % p->nkb_global, &lb) != me) {
+          st = sr__seterr(SR_ERR_INTERNAL, "rank %d was asked for block id %lld it does not own",
+                          me, (long long)id);
+          break;
+        }
+        x->send_slots[i] = (int32_t)(h * p->nkb_local + lb);
+      }
+    }
   }
   sr__free(need);
   sr__free(cnt_send);
@@ -141,86 +157,66 @@ done:
   return st;
 }
 
-/* Packs the items `ids[0..n)` of this rank (K items then V items) into buf. */
-static void pack_items(const sr_xplan *x, const sr_plan *p, const int64_t *ids, int64_t n,
-                       const float *k_local, const float *v_local, float *buf) {
-  const size_t it = x->item_floats;
-  for (int64_t i = 0; i < n; i++) {
-    int64_t h = ids[i] / x->nkb_global, j = ids[i] % x->nkb_global, lb = 0;
-    sr_plan_kblock_owner(p, j, &lb);
-    size_t src = (size_t)(h * x->nkb_local + lb) * it;
-    memcpy(buf + (size_t)i * it, k_local + src, it * sizeof(float));
-    memcpy(buf + (size_t)(n + i) * it, v_local + src, it * sizeof(float));
-  }
-}
-
-sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const float *k_local,
-                      const float *v_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
+sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_transport *t,
+                      const void *kv_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
                       double progress_every_s) {
   const int P = x->nranks, me = x->rank;
-  const size_t it = x->item_floats;
-  const size_t shard_floats = (size_t)x->kv_heads * (size_t)x->nkb_local * it;
+  const size_t it = x->item_elems, eb = be->elem_bytes;
+  const size_t shard_elems = (size_t)x->kv_heads * (size_t)x->nkb_local * it;
+  const bool dense = x->mode == SR_EXCHANGE_DENSE_RING;
   sr_ring_times tm = {0};
   sr_status st = SR_OK, cb = SR_OK;
-  float *recv[2] = {NULL, NULL}, *send[2] = {NULL, NULL}, *local = NULL;
+  char *recv[2] = {NULL, NULL}, *send[2] = {NULL, NULL};
 
   /* Buffer sizes: dense ring moves whole shards (K then V); selected moves the largest list. */
-  size_t recv_floats = 0, send_floats = 0;
-  if (x->mode == SR_EXCHANGE_DENSE_RING) {
-    recv_floats = 2 * shard_floats;
+  size_t recv_bytes = 0, send_bytes = 0;
+  if (dense) {
+    recv_bytes = 2 * shard_elems * eb;
   } else {
     for (int o = 0; o < P; o++) {
-      size_t r = (size_t)(x->req_off[o + 1] - x->req_off[o]) * 2 * it;
-      size_t s = (size_t)(x->send_off[o + 1] - x->send_off[o]) * 2 * it;
-      if (r > recv_floats) recv_floats = r;
-      if (s > send_floats) send_floats = s;
+      size_t r = (size_t)(x->req_off[o + 1] - x->req_off[o]) * 2 * it * eb;
+      size_t s = (size_t)(x->send_off[o + 1] - x->send_off[o]) * 2 * it * eb;
+      if (r > recv_bytes) recv_bytes = r;
+      if (s > send_bytes) send_bytes = s;
     }
   }
-  if (P > 1) {
-    for (int b = 0; b < 2; b++) {
-      if (recv_floats) recv[b] = sr__alloc(recv_floats * sizeof(float));
-      if (send_floats) send[b] = sr__alloc(send_floats * sizeof(float));
-      if ((recv_floats && !recv[b]) || (send_floats && !send[b]))
-        st = sr__seterr(SR_ERR_NOMEM, "out of memory for ring buffers (%zu bytes)",
-                        (recv_floats + send_floats) * sizeof(float));
-    }
-    if (x->mode == SR_EXCHANGE_DENSE_RING && st == SR_OK) {
-      local = sr__alloc(2 * shard_floats * sizeof(float));
-      if (!local) st = sr__seterr(SR_ERR_NOMEM, "out of memory for the ring shard copy");
-      else {
-        memcpy(local, k_local, shard_floats * sizeof(float));
-        memcpy(local + shard_floats, v_local, shard_floats * sizeof(float));
-      }
-    }
+  for (int b = 0; P > 1 && b < 2 && st == SR_OK; b++) {
+    if (recv_bytes) st = be->alloc(recv_bytes, (void **)&recv[b]);
+    if (st == SR_OK && send_bytes) st = be->alloc(send_bytes, (void **)&send[b]);
   }
   st = sr_comm_agree(t->world->comm, st);
   if (st != SR_OK) goto out;
 
-  /* post(s): ring step s (1..P-1) into buffer parity s&1. */
+  /* Posts ring step s (1..P-1) into buffer parity s&1. Selected: gather the blocks (s+r)
+   * asked for into a send buffer, one hop. Dense: forward the shard held (own at s = 1). */
 #define RING_POST(s)                                                                               \
   do {                                                                                             \
-    int dst_ = (me + (s)) % P, src_ = (me - (s) + P) % P;                                          \
     double t0_ = sr__now();                                                                        \
-    if (x->mode == SR_EXCHANGE_DENSE_RING) {                                                       \
-      const float *sb_ = (s) == 1 ? local : recv[((s) - 1) & 1];                                   \
-      dst_ = (me + 1) % P;                                                                         \
-      src_ = (me - 1 + P) % P;                                                                     \
-      st = t->step_post(t, (s), sb_, 2 * shard_floats * sizeof(float), dst_, recv[(s) & 1],        \
-                        2 * shard_floats * sizeof(float), src_);                                   \
+    if (dense) {                                                                                   \
+      const void *sb_ = (s) == 1 ? kv_local : (const void *)recv[((s) - 1) & 1];                   \
+      st = t->step_post(t, (s), sb_, 2 * shard_elems * eb, (me + 1) % P, recv[(s) & 1],            \
+                        2 * shard_elems * eb, (me - 1 + P) % P);                                   \
       if (st == SR_OK) {                                                                           \
-        x->bytes_sent += 2 * shard_floats * sizeof(float);                                         \
-        x->bytes_recv += 2 * shard_floats * sizeof(float);                                         \
+        x->bytes_sent += 2 * shard_elems * eb;                                                     \
+        x->bytes_recv += 2 * shard_elems * eb;                                                     \
         x->items_recv += (uint64_t)x->kv_heads * (uint64_t)x->nkb_local;                           \
       }                                                                                            \
     } else {                                                                                       \
+      int dst_ = (me + (s)) % P, src_ = (me - (s) + P) % P;                                        \
       int64_t ns_ = x->send_off[dst_ + 1] - x->send_off[dst_];                                     \
       int64_t nr_ = x->req_off[src_ + 1] - x->req_off[src_];                                       \
-      pack_items(x, p, x->send_ids + x->send_off[dst_], ns_, k_local, v_local, send[(s) & 1]);     \
-      st = t->step_post(t, (s), send[(s) & 1], (size_t)ns_ * 2 * it * sizeof(float), dst_,         \
-                        recv[(s) & 1], (size_t)nr_ * 2 * it * sizeof(float), src_);                \
+      char *sb_ = send[(s) & 1];                                                                   \
+      const int32_t *sl_ = x->send_slots + x->send_off[dst_];                                      \
+      if (ns_ > 0) st = be->gather(sb_, kv_local, sl_, ns_, it);                                   \
+      if (st == SR_OK && ns_ > 0)                                                                  \
+        st = be->gather(sb_ + (size_t)ns_ * it * eb, (const char *)kv_local + shard_elems * eb,    \
+                        sl_, ns_, it);                                                             \
+      if (st == SR_OK)                                                                             \
+        st = t->step_post(t, (s), sb_, (size_t)ns_ * 2 * it * eb, dst_, recv[(s) & 1],             \
+                          (size_t)nr_ * 2 * it * eb, src_);                                        \
       if (st == SR_OK) {                                                                           \
-        x->bytes_sent += (uint64_t)ns_ * 2 * it * sizeof(float);                                   \
-        x->bytes_recv += (uint64_t)nr_ * 2 * it * sizeof(float);                                   \
+        x->bytes_sent += (uint64_t)ns_ * 2 * it * eb;                                              \
+        x->bytes_recv += (uint64_t)nr_ * 2 * it * eb;                                              \
         x->items_recv += (uint64_t)nr_;                                                            \
       }                                                                                            \
     }                                                                                              \
@@ -230,7 +226,7 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const floa
   if (P > 1) RING_POST(1);
   if (st != SR_OK) goto out; /* a failed post is an MPI failure: no peer can be served */
   double t0 = sr__now(), last_print = t0;
-  cb = fn(ctx, 0, me, k_local, v_local);
+  cb = fn(ctx, 0, me, kv_local, (const char *)kv_local + shard_elems * eb);
   tm.compute_s += sr__now() - t0;
   for (int s = 1; s < P; s++) {
     double w0 = sr__now();
@@ -239,15 +235,16 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const floa
     if (st != SR_OK) goto out;
     if (s + 1 < P) RING_POST(s + 1);
     if (st != SR_OK) goto out;
-    int src = x->mode == SR_EXCHANGE_DENSE_RING ? (me - s + P) % P : (me - s + P) % P;
-    const float *kb = recv[s & 1];
-    size_t nitems = x->mode == SR_EXCHANGE_DENSE_RING
-                        ? (size_t)x->kv_heads * (size_t)x->nkb_local
-                        : (size_t)(x->req_off[src + 1] - x->req_off[src]);
+    /* Dense ring: the shard of rank (r - s) has arrived after s forwards. Selected: the
+     * blocks this rank asked of rank (r - s), sent directly. */
+    const int src = (me - s + P) % P;
+    const char *kb = recv[s & 1];
+    size_t nitems = dense ? (size_t)x->kv_heads * (size_t)x->nkb_local
+                          : (size_t)(x->req_off[src + 1] - x->req_off[src]);
     /* Keep computing only while everything is fine; keep communicating regardless. */
     if (cb == SR_OK && nitems > 0) {
       double c0 = sr__now();
-      cb = fn(ctx, s, src, kb, kb + nitems * it);
+      cb = fn(ctx, s, src, kb, kb + nitems * it * eb);
       tm.compute_s += sr__now() - c0;
     }
     if (progress_every_s > 0 && me == 0 && sr__now() - last_print > progress_every_s) {
@@ -259,11 +256,12 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const floa
   st = cb;
 #undef RING_POST
 out:
+  /* Nothing may still read or write the buffers when they are freed. */
+  if (be->sync() != SR_OK && st == SR_OK) st = sr__seterr(SR_ERR_BACKEND, "backend sync failed");
   for (int b = 0; b < 2; b++) {
-    sr__free(recv[b]);
-    sr__free(send[b]);
+    be->free(recv[b]);
+    be->free(send[b]);
   }
-  sr__free(local);
   if (times) {
     times->exchange_s += tm.exchange_s;
     times->compute_s += tm.compute_s;

@@ -30,13 +30,14 @@ typedef struct sr_xplan {
   sr_exchange_mode mode;
   int kv_heads;
   int64_t nkb_global, nkb_local;
-  size_t item_floats;          /* bk * d: one K (or V) block                               */
+  size_t item_elems;           /* bk * d: elements of one K (or V) block                     */
   /* selected mode: what I request from each owner, what each rank requests from me */
   int64_t *req_off;            /* [P+1] offsets into req_ids (ids grouped by owner)          */
   int64_t *req_ids;            /* id = kv_head * nkb_global + global key block, ascending    */
   int64_t *send_off;           /* [P+1] offsets into send_ids (grouped by requester)         */
   int64_t *send_ids;
   int32_t *slot_of;            /* [kv_heads * nkb_global]                                    */
+  int32_t *send_slots;         /* [send_off[P]] local slot of each send_ids entry            */
   /* counters of this rank, accumulated over calls of sr_ring_run */
   uint64_t bytes_sent, bytes_recv, items_recv;
 } sr_xplan;
@@ -48,19 +49,22 @@ void sr_xplan_free(sr_xplan *x);
 
 /* Called once per source: src == own rank first (local shard), then each arriving step. k and v
  * are slot pools; `step` is 0 for local, t for ring step t. */
-typedef sr_status (*sr_step_fn)(void *ctx, int step, int src, const float *k, const float *v);
+typedef sr_status (*sr_step_fn)(void *ctx, int step, int src, const void *k, const void *v);
 
 typedef struct sr_ring_times {
   double exchange_s;  /* packing + waiting for messages (not hidden by compute) */
   double compute_s;   /* inside the callback */
 } sr_ring_times;
 
-/* Collective. k_local, v_local: [kv_heads][n_local][d]. Runs the P-1 steps overlapped with the
- * callback. Every rank calls the callback P times at most (a step with nothing is skipped in
- * selected mode). Optional progress: if progress_every_s > 0 rank 0 prints a line when a step
- * ends more than that many seconds after the previous line. */
-sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, sr_transport *t, const float *k_local,
-                      const float *v_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
+/* Collective. kv_local: this rank's shard in backend memory, K [kv_heads][n_local][d] followed
+ * by V of the same shape (storage type of `be`), so a dense-ring step sends it as one message.
+ * Runs the P-1 steps overlapped with the callback. Every rank calls the callback P times at
+ * most (a step with nothing is skipped in selected mode). Timings are host-side; on an
+ * asynchronous backend they measure issue time unless the callback synchronises. Optional
+ * progress: if progress_every_s > 0 rank 0 prints a line when a step ends more than that many
+ * seconds after the previous line. */
+sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_transport *t,
+                      const void *kv_local, sr_step_fn fn, void *ctx, sr_ring_times *times,
                       double progress_every_s);
 
 #endif

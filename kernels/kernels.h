@@ -2,7 +2,13 @@
  * kernels.h — the backend table: every compute operation sparsering needs, behind function
  * pointers chosen at run time (backend: auto | cpu; cuda comes in its own issue).
  *
- * Layouts (all row-major, fp32 on the CPU backend):
+ * Memory: every pointer given to an op is *backend memory* (host memory for the CPU backend,
+ * device memory for CUDA) unless its comment says "host". Q, K and V are held in the
+ * backend's storage type (elem_bytes: fp32 on the CPU, bf16 on CUDA); everything computed
+ * (out, lse, means, scores) is fp32. Ops may run asynchronously on the backend's stream;
+ * `sync` waits for them (before host code reads a result or a timer stops).
+ *
+ * Layouts (all row-major):
  *   Q        [q_heads ][nq     ][d]   rows of this rank, in local order
  *   K, V     slot-addressed pool: slot s holds bk rows of d values at k + s*bk*d
  *            (the local shard [kv_heads][n_local][d] is such a pool with
@@ -31,12 +37,12 @@ typedef struct sr_attn_args {
   int bq, bk;         /* block sizes (rows per q-block, keys per slot)                */
   int nqb;            /* q-blocks per head                                             */
   int64_t nq;         /* valid query rows per head (<= nqb*bq); q/out/lse row stride   */
-  const float *q;     /* [q_heads][nq][d]                                              */
-  const int64_t *qpos;/* [nqb] global position of the first row of each q-block        */
-  const float *k, *v; /* slot pools, slot s at + s*bk*d                                */
-  const int64_t *row_ptr; /* [q_heads*nqb + 1]                                          */
-  const int32_t *slot;    /* [nnz] slot of each entry                                    */
-  const int64_t *kpos;    /* [nnz] global position of the slot's first key               */
+  const void *q;      /* [q_heads][nq][d] storage type                                 */
+  const int64_t *qpos;/* [nqb] host: global position of the first row of each q-block  */
+  const void *k, *v;  /* slot pools (storage type), slot s at element s*bk*d           */
+  const int64_t *row_ptr; /* [q_heads*nqb + 1] host                                      */
+  const int32_t *slot;    /* [nnz] host: slot of each entry                              */
+  const int64_t *kpos;    /* [nnz] host: global position of the slot's first key         */
   int64_t kv_limit;   /* keys at positions >= kv_limit are masked (sequence length)   */
   float scale;        /* softmax scale, usually 1/sqrt(d)                              */
   float *out;         /* [q_heads][nq][d] written for every row (0 for empty rows)     */
@@ -45,6 +51,24 @@ typedef struct sr_attn_args {
 
 typedef struct sr_backend {
   const char *name;
+  size_t elem_bytes; /* bytes of one stored q/k/v element (4: fp32, 2: bf16) */
+
+  /* ---- memory (all synchronous with respect to the host unless noted) ---- */
+  /* Backend memory of `bytes` bytes (64-byte aligned on the CPU). */
+  sr_status (*alloc)(size_t bytes, void **p);
+  void (*free)(void *p); /* NULL is fine */
+  /* n host floats -> backend storage type (rounding to bf16 on CUDA). */
+  sr_status (*store)(void *dst, const float *src_host, size_t n);
+  /* n fp32 values host -> backend memory, and backend -> host (waits for pending work). */
+  sr_status (*copy_in)(float *dst, const float *src_host, size_t n);
+  sr_status (*copy_out)(float *dst_host, const float *src, size_t n);
+  /* Packs items: dst item i = pool item slots_host[i], each item_elems storage elements. */
+  sr_status (*gather)(void *dst, const void *pool, const int32_t *slots_host, int64_t n,
+                      size_t item_elems);
+  /* Waits until every op issued so far has finished. */
+  sr_status (*sync)(void);
+
+  /* ---- compute ---- */
   /* Partial attention of the listed blocks (a flash-attention forward with online softmax).
    * Output is the exact softmax-weighted mean over the visible keys of the listed slots. */
   sr_status (*attn_fwd)(const sr_attn_args *a);
@@ -55,18 +79,29 @@ typedef struct sr_backend {
                      const float *part_lse, int64_t rows, int d);
   /* Mean pooling of blocks: x [heads][n][d] -> y [heads][ceil(n/b)][d]; a partial last
    * block is averaged over its valid rows. */
-  sr_status (*pool_mean)(const float *x, int heads, int64_t n, int d, int b, float *y);
+  sr_status (*pool_mean)(const void *x, int heads, int64_t n, int d, int b, float *y);
   /* Block scores for one head: s[m][j] = dot(a[m], bmat[j]) (unscaled), a [na][d],
    * bmat [nb][d], s [na][nb]. */
   sr_status (*block_scores)(const float *a, int64_t na, const float *bmat, int64_t nb, int d,
                             float *s);
-  /* Indices of the k largest of x[0..n) (ties broken by the lower index), written to idx in
-   * descending score order. k <= n. */
+  /* Host: indices of the k largest of x[0..n) (ties broken by the lower index), written to
+   * idx in descending score order. k <= n. x and idx are host memory on every backend. */
   sr_status (*topk)(const float *x, int64_t n, int k, int32_t *idx);
+  /* Block-Sparse rows of a score tile (METHODS.md §2.3): for row i of s (backend memory,
+   * row stride ld), the candidates are s[i][0..causal[i]) with entries 0, causal[i]-1 and
+   * causal[i]-2 forced to +inf; the keep[i] best (ties: lower index) are written ascending to
+   * idx_host[i*K ...]. causal, keep: host arrays of `rows`; keep[i] <= min(causal[i], K).
+   * May overwrite s. */
+  sr_status (*topk_rows)(float *s, int64_t rows, int64_t ld, const int64_t *causal_host,
+                         const int32_t *keep_host, int K, int32_t *idx_host);
 } sr_backend;
 
 /* The CPU backend (always available). */
 const sr_backend *sr_backend_cpu(void);
+
+/* The CUDA backend when built with SR_CUDA and a device is usable, else NULL (the reason in
+ * sr_last_error()). The device is the one cudaSetDevice chose for this rank. */
+const sr_backend *sr_backend_cuda(void);
 
 /* Threads used by the CPU backend (OpenMP); 0 means the OpenMP default. */
 void sr_cpu_set_threads(int threads);

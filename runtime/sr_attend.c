@@ -34,12 +34,14 @@ void sr_attend_free(sr_attend *a) {
   sr__free(a->kpos);
   sr__free(a->nnz);
   sr__free(a->qpos);
-  sr__free(a->part_out);
-  sr__free(a->part_lse);
+  if (a->be) {
+    a->be->free(a->part_out);
+    a->be->free(a->part_lse);
+  }
   *a = (sr_attend){0};
 }
 
-sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const float *q,
+sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const void *q,
                          const sr_selection *sel, const sr_xplan *x, float *out, float *lse) {
   *a = (sr_attend){.plan = p, .be = be, .q = q, .out = out, .lse = lse, .nsrc = p->nranks};
   a->scale = 1.0f / sqrtf((float)p->d);
@@ -90,9 +92,9 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   }
   if (P > 1) {
     size_t nrow = (size_t)p->q_heads * (size_t)p->n_local;
-    a->part_out = sr__alloc(nrow * (size_t)p->d * sizeof(float));
-    a->part_lse = sr__alloc(nrow * sizeof(float));
-    if (!a->part_out || !a->part_lse) goto nomem;
+    if (be->alloc(nrow * (size_t)p->d * sizeof(float), (void **)&a->part_out) != SR_OK ||
+        be->alloc(nrow * sizeof(float), (void **)&a->part_lse) != SR_OK)
+      goto nomem;
   }
   return SR_OK;
 nomem:
@@ -100,7 +102,7 @@ nomem:
   return sr__seterr(SR_ERR_NOMEM, "out of memory building attention work lists");
 }
 
-sr_status sr_attend_step(void *ctx, int step, int src, const float *k, const float *v) {
+sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void *v) {
   sr_attend *a = ctx;
   const sr_plan *p = a->plan;
   const bool local = step == 0;

@@ -14,26 +14,26 @@
 typedef struct sr_attend {
   const sr_plan *plan;
   const sr_backend *be;
-  const float *q;         /* [q_heads][n_local][d] */
+  const void *q;          /* [q_heads][n_local][d] backend memory, storage type */
   int64_t *qpos;          /* [nqb_local] */
   int nsrc;               /* = nranks */
   int64_t **row_ptr;      /* per source: [q_heads*nqb_local + 1] */
   int32_t **slot;         /* per source: [nnz_s] */
   int64_t **kpos;         /* per source: [nnz_s] */
   int64_t *nnz;           /* per source */
-  float *out, *lse;       /* accumulators [q_heads][n_local][d], [q_heads][n_local] */
-  float *part_out, *part_lse; /* scratch for non-local sources */
+  float *out, *lse;       /* accumulators [q_heads][n_local][d], [q_heads][n_local] (backend) */
+  float *part_out, *part_lse; /* backend scratch for non-local sources */
   float scale;
   uint64_t pairs_computed;    /* visible (q, k) pairs over all sources, this rank */
 } sr_attend;
 
 /* Splits the selection by source rank, mapping blocks to slots with x->slot_of. out/lse are
  * the caller's accumulators (written entirely by the local step). */
-sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const float *q,
+sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const void *q,
                          const sr_selection *sel, const sr_xplan *x, float *out, float *lse);
 void sr_attend_free(sr_attend *a);
 /* The sr_step_fn for sr_ring_run (ctx = sr_attend*). */
-sr_status sr_attend_step(void *ctx, int step, int src, const float *k, const float *v);
+sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void *v);
 
 /* Visible causal (q, k) pairs between q-block starting at qpos (bq rows) and k-block starting at
  * kpos (bk keys). */

@@ -35,8 +35,8 @@ static const cyaml_strval_t sr__method_names[] = {{"dense", SR_METHOD_DENSE},
                                                   {"block_sparse", SR_METHOD_BLOCK_SPARSE}};
 static const cyaml_strval_t sr__exchange_names[] = {{"selected", SR_EXCHANGE_SELECTED},
                                                     {"dense_ring", SR_EXCHANGE_DENSE_RING}};
-static const cyaml_strval_t sr__backend_names[] = {{"auto", SR_BACKEND_AUTO},
-                                                   {"cpu", SR_BACKEND_CPU}};
+static const cyaml_strval_t sr__backend_names[] = {
+    {"auto", SR_BACKEND_AUTO}, {"cpu", SR_BACKEND_CPU}, {"cuda", SR_BACKEND_CUDA}};
 static const cyaml_strval_t sr__write_names[] = {
     {"out", SR_WRITE_OUT}, {"lse", SR_WRITE_LSE}, {"selection", SR_WRITE_SELECTION}};
 
@@ -132,7 +132,7 @@ const sr__key sr__keys[] = {
     {ENUM("", "exchange", exchange, sr__exchange_names), .def = SR_EXCHANGE_SELECTED,
      .doc = "selected (move only the KV blocks chosen) or dense_ring (move all)"},
     {ENUM("", "backend", backend, sr__backend_names), .def = SR_BACKEND_AUTO,
-     .doc = "compute backend; auto picks the best available"},
+     .doc = "compute backend; auto = cuda when a GPU is usable, else cpu"},
     {.parent = "", .field = CYAML_FIELD_INT("threads", OPT, sr_config, threads), .def = 0,
      RANGE(0, 4096), .doc = "CPU threads per rank; 0 = cores / ranks on the node"},
 

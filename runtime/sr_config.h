@@ -15,7 +15,7 @@
  *   attention.phase (prefill), attention.method (dense | block_sparse),
  *   attention.block_q, attention.block_k, attention.top_chunks, attention.sparsity
  *   exchange (selected | dense_ring)
- *   backend (auto | cpu), threads
+ *   backend (auto | cpu | cuda), threads
  *   output.path, output.write (list of out | lse | selection), output.overwrite
  *   verify.rows (0 = off, -1 = all rows), report.json, report.progress
  */
@@ -32,7 +32,7 @@ typedef enum { SR_SHARD_ZIGZAG = 0, SR_SHARD_CONTIGUOUS = 1 } sr_shard_scheme;
 typedef enum { SR_PHASE_PREFILL = 0 } sr_phase;
 typedef enum { SR_METHOD_DENSE = 0, SR_METHOD_BLOCK_SPARSE = 1 } sr_method;
 typedef enum { SR_EXCHANGE_SELECTED = 0, SR_EXCHANGE_DENSE_RING = 1 } sr_exchange_mode;
-typedef enum { SR_BACKEND_AUTO = 0, SR_BACKEND_CPU = 1 } sr_backend_kind;
+typedef enum { SR_BACKEND_AUTO = 0, SR_BACKEND_CPU = 1, SR_BACKEND_CUDA = 2 } sr_backend_kind;
 
 /* Bit flags for output.write. */
 enum { SR_WRITE_OUT = 1u << 0, SR_WRITE_LSE = 1u << 1, SR_WRITE_SELECTION = 1u << 2 };

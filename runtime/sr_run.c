@@ -44,19 +44,22 @@ static sr_status rows_fn(void *ctx, int layer, char which, int head, int64_t pos
   return SR_OK;
 }
 
-/* Fills this rank's [heads][n_local][d] rows of q, k or v. Synthetic: generated in place, no
- * communication. HDF5: one collective hyperslab read. */
-static sr_status load_rows(row_source *rs, const sr_plan *p, int layer, char which, float *dst) {
+/* Fills this rank's [heads][n_local][d] rows of q, k or v into backend storage `dst`, through
+ * the host staging buffer. Synthetic: generated in place, no communication. HDF5: one
+ * collective hyperslab read. */
+static sr_status load_rows(row_source *rs, const sr_plan *p, const sr_backend *be, int layer,
+                           char which, float *stage, void *dst) {
   int heads = which == 'q' ? p->q_heads : p->kv_heads;
   int64_t starts[SR_MAX_CHUNKS_PER_RANK];
   int nruns = sr_plan_runs(p, p->rank, starts);
   if (rs->h5)
-    return sr_h5_read_rows(rs->h5, layer, which, heads, starts, nruns, p->chunk_tokens, dst);
-  for (int h = 0; h < heads; h++)
-    for (int c = 0; c < nruns; c++)
-      sr_synth_rows(rs->cfg, layer, which, h, starts[c], p->chunk_tokens,
-                    dst + ((size_t)h * p->n_local + (size_t)c * p->chunk_tokens) * p->d);
-  return SR_OK;
+    SR_TRY(sr_h5_read_rows(rs->h5, layer, which, heads, starts, nruns, p->chunk_tokens, stage));
+  else
+    for (int h = 0; h < heads; h++)
+      for (int c = 0; c < nruns; c++)
+        sr_synth_rows(rs->cfg, layer, which, h, starts[c], p->chunk_tokens,
+                      stage + ((size_t)h * p->n_local + (size_t)c * p->chunk_tokens) * p->d);
+  return be->store(dst, stage, (size_t)heads * (size_t)p->n_local * (size_t)p->d);
 }
 
 /* Threads per rank: the configured count, or the node's cores shared among its ranks. */
@@ -79,10 +82,10 @@ void sr_run_result_free(sr_run_result *res) {
 }
 
 /* Gathers "rank r: host (threads t)" lines on rank 0. */
-static sr_status build_rank_map(const sr_world *w, int threads, char **out) {
-  char line[128];
-  snprintf(line, sizeof line, "rank %d: host %s, node-local rank %d, cpu backend, %d thread%s",
-           w->rank, w->host, w->local_rank, threads, threads == 1 ? "" : "s");
+static sr_status build_rank_map(const sr_world *w, const char *backend, int threads, char **out) {
+  char line[160];
+  snprintf(line, sizeof line, "rank %d: host %.64s, node-local rank %d, %s backend, %d thread%s",
+           w->rank, w->host, w->local_rank, backend, threads, threads == 1 ? "" : "s");
   char *all = w->rank == 0 ? calloc((size_t)w->nranks, sizeof line) : NULL;
   if (w->rank == 0 && !all) return sr__seterr(SR_ERR_NOMEM, "out of memory for the rank map");
   SR_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, w->comm));
@@ -102,9 +105,13 @@ static sr_status build_rank_map(const sr_world *w, int threads, char **out) {
   return SR_OK;
 }
 
-/* Per-layer state, freed at the end of each layer. */
+/* Per-layer state, freed at the end of each layer. q and kv (K then V) are backend storage;
+ * out/lse are backend fp32 accumulators with host copies for verify and write. */
 typedef struct layer_state {
-  float *q, *k, *v, *out, *lse;
+  const sr_backend *be;
+  void *q, *kv;
+  float *out, *lse;
+  float *stage, *out_h, *lse_h;
   sr_summaries sum;
   sr_selection sel;
   sr_xplan x;
@@ -113,11 +120,16 @@ typedef struct layer_state {
 } layer_state;
 
 static void layer_state_free(layer_state *s) {
-  sr__free(s->q);
-  sr__free(s->k);
-  sr__free(s->v);
-  sr__free(s->out);
-  sr__free(s->lse);
+  const sr_backend *be = s->be;
+  if (be) {
+    be->free(s->q);
+    be->free(s->kv);
+    be->free(s->out);
+    be->free(s->lse);
+  }
+  sr__free(s->stage);
+  sr__free(s->out_h);
+  sr__free(s->lse_h);
   sr_summaries_free(&s->sum);
   sr_selection_free(&s->sel);
   sr_xplan_free(&s->x);
@@ -126,18 +138,23 @@ static void layer_state_free(layer_state *s) {
   *s = (layer_state){0};
 }
 
-static sr_status alloc_layer(const sr_plan *p, layer_state *s) {
+static sr_status alloc_layer(const sr_plan *p, const sr_backend *be, layer_state *s) {
+  s->be = be;
   size_t qf = (size_t)p->q_heads * (size_t)p->n_local * (size_t)p->d;
   size_t kf = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
-  SR_ALLOC(s->q, qf * sizeof(float), "q rows");
-  SR_ALLOC(s->k, kf * sizeof(float), "k rows");
-  SR_ALLOC(s->v, kf * sizeof(float), "v rows");
-  SR_ALLOC(s->out, qf * sizeof(float), "attention output");
-  SR_ALLOC(s->lse, (size_t)p->q_heads * (size_t)p->n_local * sizeof(float), "lse");
+  size_t rows = (size_t)p->q_heads * (size_t)p->n_local;
+  SR_ALLOC(s->stage, (qf > kf ? qf : kf) * sizeof(float), "staging rows");
+  SR_ALLOC(s->out_h, qf * sizeof(float), "attention output");
+  SR_ALLOC(s->lse_h, rows * sizeof(float), "lse");
+  SR_TRY(be->alloc(qf * be->elem_bytes, &s->q));
+  SR_TRY(be->alloc(2 * kf * be->elem_bytes, &s->kv));
+  SR_TRY(be->alloc(qf * sizeof(float), (void **)&s->out));
+  SR_TRY(be->alloc(rows * sizeof(float), (void **)&s->lse));
   /* Poison outputs: a row the ring failed to write shows up as NaN in verify and in tests. */
-  sr__poison_f32(s->out, qf);
-  sr__poison_f32(s->lse, (size_t)p->q_heads * (size_t)p->n_local);
-  return SR_OK;
+  sr__poison_f32(s->out_h, qf);
+  sr__poison_f32(s->lse_h, rows);
+  SR_TRY(be->copy_in(s->out, s->out_h, qf));
+  return be->copy_in(s->lse, s->lse_h, rows);
 }
 
 /* One layer on every rank; fills r (rank-local values; reduced by the caller). */
@@ -148,12 +165,15 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   sr_status st;
   double t0 = sr__now();
 
-  st = sr_comm_agree(w->comm, alloc_layer(p, &s));
+  st = sr_comm_agree(w->comm, alloc_layer(p, be, &s));
   if (st != SR_OK) goto done;
   /* generate / read */
-  st = load_rows(rs, p, layer, 'q', s.q);
-  if (st == SR_OK) st = load_rows(rs, p, layer, 'k', s.k);
-  if (st == SR_OK) st = load_rows(rs, p, layer, 'v', s.v);
+  const size_t kv_elems = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
+  st = load_rows(rs, p, be, layer, 'q', s.stage, s.q);
+  if (st == SR_OK) st = load_rows(rs, p, be, layer, 'k', s.stage, s.kv);
+  if (st == SR_OK)
+    st = load_rows(rs, p, be, layer, 'v', s.stage, (char *)s.kv + kv_elems * be->elem_bytes);
+  if (st == SR_OK) st = be->sync();
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
   r->t[SR_PH_GENERATE] = sr__now() - t0;
@@ -161,7 +181,7 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   /* summarise + select */
   t0 = sr__now();
   if (cfg->method == SR_METHOD_BLOCK_SPARSE) {
-    st = sr_summaries_gather(p, be, t, s.k, &s.sum);
+    st = sr_summaries_gather(p, be, w->comm, s.kv, &s.sum);
     if (st != SR_OK) goto done;
   }
   r->t[SR_PH_SUMMARISE] = sr__now() - t0;
@@ -181,8 +201,14 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   st = sr_comm_agree(w->comm, sr_attend_init(&s.att, p, be, s.q, &s.sel, &s.x, s.out, s.lse));
   if (st != SR_OK) goto done;
   sr_ring_times rt = {0};
-  st = sr_ring_run(&s.x, p, t, s.k, s.v, sr_attend_step, &s.att, &rt,
+  st = sr_ring_run(&s.x, p, be, t, s.kv, sr_attend_step, &s.att, &rt,
                    cfg->progress ? 10.0 : 0.0);
+  /* Results to the host for verify and write (waits for the backend to finish). */
+  double c0 = sr__now();
+  if (st == SR_OK)
+    st = be->copy_out(s.out_h, s.out, (size_t)p->q_heads * (size_t)p->n_local * (size_t)p->d);
+  if (st == SR_OK) st = be->copy_out(s.lse_h, s.lse, (size_t)p->q_heads * (size_t)p->n_local);
+  rt.compute_s += sr__now() - c0;
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
   r->t[SR_PH_EXCHANGE] = plan_s + rt.exchange_s;
@@ -202,7 +228,7 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   if (cfg->verify_rows != 0) {
     st = sr_quality_init(&s.qual, p->q_heads);
     if (st == SR_OK)
-      st = sr_verify_layer(cfg, p, layer, rows_fn, rs, s.out, s.lse, &s.sel, &s.qual);
+      st = sr_verify_layer(cfg, p, layer, rows_fn, rs, s.out_h, s.lse_h, &s.sel, &s.qual);
     st = sr_comm_agree(w->comm, st);
     if (st == SR_OK) st = sr_comm_agree(w->comm, sr_quality_reduce(&s.qual, w->comm));
     if (st != SR_OK) goto done;
@@ -243,10 +269,10 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
     int nruns = sr_plan_runs(p, p->rank, starts);
     if (cfg->write_mask & SR_WRITE_OUT)
       SR_TRY_GOTO(st, sr_h5_write_rows(h5, layer, "out", p->q_heads, p->n, p->d, starts, nruns,
-                                       p->chunk_tokens, s.out), done);
+                                       p->chunk_tokens, s.out_h), done);
     if (cfg->write_mask & SR_WRITE_LSE)
       SR_TRY_GOTO(st, sr_h5_write_rows(h5, layer, "lse", p->q_heads, p->n, 0, starts, nruns,
-                                       p->chunk_tokens, s.lse), done);
+                                       p->chunk_tokens, s.lse_h), done);
     if (cfg->write_mask & SR_WRITE_SELECTION)
       SR_TRY_GOTO(st, sr_h5_write_selection(h5, layer, p, &s.sel), done);
   }
@@ -291,8 +317,18 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) return st;
 
-  /* Backend: only the CPU backend exists so far; `auto` resolves to it. */
-  const sr_backend *be = sr_backend_cpu();
+  /* Backend: cuda when asked or (auto) when this rank has a usable GPU, else the CPU. Every
+   * rank must agree: a mix of backends would mix transports. */
+  const sr_backend *be = NULL;
+  if (cfg->backend != SR_BACKEND_CPU) be = sr_backend_cuda();
+  if (!be && cfg->backend == SR_BACKEND_CUDA)
+    st = sr__seterr(SR_ERR_BACKEND, "%s", sr_last_error());
+  int want_cuda = be != NULL, all_cuda = 0;
+  if (st == SR_OK && MPI_Allreduce(&want_cuda, &all_cuda, 1, MPI_INT, MPI_MIN, w->comm) != MPI_SUCCESS)
+    st = sr__seterr(SR_ERR_MPI, "MPI_Allreduce failed choosing the backend");
+  st = sr_comm_agree(w->comm, st);
+  if (st != SR_OK) return st;
+  if (!all_cuda) be = sr_backend_cpu();
   res->threads = pick_threads(cfg, w);
   sr_cpu_set_threads(res->threads);
   res->backend = be->name;
@@ -300,11 +336,15 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
   res->layers = cfg->layers;
   res->layer = calloc((size_t)cfg->layers, sizeof(sr_layer_result));
   st = res->layer ? SR_OK : sr__seterr(SR_ERR_NOMEM, "out of memory for results");
+#ifdef SR_CUDA
+  if (st == SR_OK && all_cuda) st = sr_transport_nccl_create(w, &t);
+  else
+#endif
   if (st == SR_OK) st = sr_transport_mpi_create(w, &t);
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto out;
   res->transport = t->name;
-  st = sr_comm_agree(w->comm, build_rank_map(w, res->threads, &res->rank_map));
+  st = sr_comm_agree(w->comm, build_rank_map(w, be->name, res->threads, &res->rank_map));
   if (st != SR_OK) goto out;
 
   /* Budget: explicit top_chunks, or the paper's formula solved for the target sparsity. */

@@ -13,6 +13,7 @@
 #include "sr_select.h"
 #include "sr_internal.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,12 +80,7 @@ sr_status sr_select_dense(const sr_plan *p, sr_selection *sel) {
   return SR_OK;
 }
 
-static int cmp_i32(const void *a, const void *b) {
-  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-  return (x > y) - (x < y);
-}
-
-sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const float *q,
+sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const void *q,
                                  const sr_summaries *sum, int top_chunks, sr_selection *sel) {
   if (top_chunks < 3)
     return sr__seterr(SR_ERR_CONFIG, "attention.top_chunks: %d is below 3", top_chunks);
@@ -101,70 +97,78 @@ sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const f
   }
   sel->nnz = sel->row_ptr[rows];
   sel->col = sr__alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t));
-  float *qmean = sr__alloc((size_t)p->q_heads * (size_t)nqb * (size_t)p->d * sizeof(float));
-  /* Scores are computed a tile of q-blocks at a time to bound memory at long N. */
-  const int64_t tile = 64;
-  float *scores = sr__alloc((size_t)tile * (size_t)nkb * sizeof(float));
+  /* Scores are computed a tile of q-blocks at a time to bound memory at long N. Means and
+   * scores live in backend memory; only the chosen ids come back to the host. */
+  const int64_t tile = 256;
+  float *qmean = NULL, *kmean = NULL, *scores = NULL;
   int32_t *idx = sr__alloc((size_t)tile * (size_t)K * sizeof(int32_t));
+  int64_t *causal = sr__alloc((size_t)tile * sizeof(int64_t));
+  int32_t *keep = sr__alloc((size_t)tile * sizeof(int32_t));
   sr_status st = SR_OK;
-  if (!sel->col || !qmean || !scores || !idx) {
+  if (!sel->col || !idx || !causal || !keep) {
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Block-Sparse selection");
     goto done;
   }
-  st = be->pool_mean(q, p->q_heads, p->n_local, p->d, p->bq, qmean);
-  if (st != SR_OK) goto done;
+  const size_t kfl = (size_t)p->kv_heads * (size_t)nkb * (size_t)p->d;
+  if ((st = be->alloc((size_t)p->q_heads * (size_t)nqb * (size_t)p->d * sizeof(float),
+                      (void **)&qmean)) != SR_OK ||
+      (st = be->alloc(kfl * sizeof(float), (void **)&kmean)) != SR_OK ||
+      (st = be->alloc((size_t)tile * (size_t)nkb * sizeof(float), (void **)&scores)) != SR_OK ||
+      (st = be->copy_in(kmean, sum->kmean, kfl)) != SR_OK ||
+      (st = be->pool_mean(q, p->q_heads, p->n_local, p->d, p->bq, qmean)) != SR_OK)
+    goto done;
   for (int h = 0; h < p->q_heads && st == SR_OK; h++) {
-    const float *kb = sum->kmean + (size_t)(h / p->group) * (size_t)nkb * (size_t)p->d;
+    const float *kb = kmean + (size_t)(h / p->group) * (size_t)nkb * (size_t)p->d;
     for (int64_t m0 = 0; m0 < nqb && st == SR_OK; m0 += tile) {
       int64_t nt = nqb - m0 < tile ? nqb - m0 : tile;
-      st = be->block_scores(qmean + ((size_t)h * nqb + m0) * p->d, nt, kb, nkb, p->d, scores);
-      if (st != SR_OK) break;
-      sr_status loop_st = SR_OK;
-#pragma omp parallel for schedule(dynamic, 4)
+      /* Only causal blocks are candidates; future blocks would be -inf and never visited. */
       for (int64_t i = 0; i < nt; i++) {
         int64_t m = m0 + i, r = h * nqb + m;
-        int64_t qpos = sr_plan_qblock_global(p, p->rank, m) * p->bq;
-        int64_t dg = diag_block(p, qpos), causal = dg + 1;
-        int64_t keep = sel->row_ptr[r + 1] - sel->row_ptr[r];
-        float *s = scores + (size_t)i * nkb;
-        s[0] = INFINITY;
-        s[dg] = INFINITY;
-        if (dg >= 1) s[dg - 1] = INFINITY;
-        int32_t *out = idx + (size_t)i * K;
-        /* Only causal blocks are candidates; future blocks would be -inf and never visited. */
-        sr_status ts = be->topk(s, causal, (int)keep, out);
-        if (ts != SR_OK) {
-#pragma omp critical
-          loop_st = ts;
-          continue;
-        }
-        qsort(out, (size_t)keep, sizeof(int32_t), cmp_i32);
-        memcpy(sel->col + sel->row_ptr[r], out, (size_t)keep * sizeof(int32_t));
+        causal[i] = diag_block(p, sr_plan_qblock_global(p, p->rank, m) * p->bq) + 1;
+        keep[i] = (int32_t)(sel->row_ptr[r + 1] - sel->row_ptr[r]);
       }
-      st = loop_st;
+      st = be->block_scores(qmean + ((size_t)h * nqb + m0) * p->d, nt, kb, nkb, p->d, scores);
+      if (st == SR_OK) st = be->topk_rows(scores, nt, nkb, causal, keep, (int)K, idx);
+      for (int64_t i = 0; i < nt && st == SR_OK; i++)
+        memcpy(sel->col + sel->row_ptr[h * nqb + m0 + i], idx + (size_t)i * K,
+               (size_t)keep[i] * sizeof(int32_t));
     }
   }
 done:
-  sr__free(qmean);
-  sr__free(scores);
+  be->free(qmean);
+  be->free(kmean);
+  be->free(scores);
   sr__free(idx);
+  sr__free(causal);
+  sr__free(keep);
   if (st != SR_OK) sr_selection_free(sel);
   return st;
 }
 
-sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, sr_transport *t,
-                              const float *k_local, sr_summaries *sum) {
+sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, MPI_Comm comm,
+                              const void *k_local, sr_summaries *sum) {
   *sum = (sr_summaries){.kv_heads = p->kv_heads, .d = p->d, .nkb = p->nkb_global};
   const size_t local_floats = (size_t)p->kv_heads * (size_t)p->nkb_local * (size_t)p->d;
+  float *mine_dev = NULL;
   float *mine = sr__alloc(local_floats * sizeof(float));
   float *all = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
   sum->kmean = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
   sr_status st = SR_OK;
   if (!mine || !all || !sum->kmean)
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for key-block summaries");
-  if (st == SR_OK) st = be->pool_mean(k_local, p->kv_heads, p->n_local, p->d, p->bk, mine);
-  st = sr_comm_agree(t->world->comm, st);
-  if (st == SR_OK) st = t->allgather(t, mine, local_floats * sizeof(float), all);
+  if (st == SR_OK) st = be->alloc(local_floats * sizeof(float), (void **)&mine_dev);
+  if (st == SR_OK) st = be->pool_mean(k_local, p->kv_heads, p->n_local, p->d, p->bk, mine_dev);
+  if (st == SR_OK) st = be->copy_out(mine, mine_dev, local_floats);
+  be->free(mine_dev);
+  st = sr_comm_agree(comm, st);
+  /* Small (N/bk x kv_heads x d floats): host memory over MPI on every backend. */
+  if (st == SR_OK && local_floats * sizeof(float) > (size_t)INT_MAX / 64)
+    st = sr__seterr(SR_ERR_SHAPE, "key-block summaries of %zu bytes per rank are too large",
+                    local_floats * sizeof(float));
+  if (st == SR_OK)
+    st = sr__mpi_check(MPI_Allgather(mine, (int)local_floats, MPI_FLOAT, all, (int)local_floats,
+                                     MPI_FLOAT, comm),
+                       "MPI_Allgather(summaries)", __FILE__, __LINE__);
   if (st == SR_OK) {
     /* [rank][kv_head][local block][d] -> [kv_head][global block][d] */
     for (int r = 0; r < p->nranks; r++)

@@ -27,7 +27,7 @@ typedef struct sr_selection {
 typedef struct sr_summaries {
   int kv_heads, d;
   int64_t nkb;
-  float *kmean;
+  float *kmean; /* host */
 } sr_summaries;
 
 /* Dense: every causal block. */
@@ -36,8 +36,9 @@ sr_status sr_select_dense(const sr_plan *p, sr_selection *sel);
 /* Block-Sparse (METHODS.md §2.3): per q-head, s[m][j] = mean(q block m) . mean(k block j)
  * (unscaled); forced: block 0, the diagonal block and the block below it; future blocks are
  * never chosen; the top K by score (ties: lower block id) for K = min(top_chunks, nkb_global),
- * keeping min(causal blocks, K) per q-block. q is this rank's [q_heads][n_local][d]. */
-sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const float *q,
+ * keeping min(causal blocks, K) per q-block. q is this rank's [q_heads][n_local][d] in backend
+ * memory (storage type); the selection itself is host memory. */
+sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const void *q,
                                  const sr_summaries *sum, int top_chunks, sr_selection *sel);
 
 /* Paper's analytic Block-Sparse sparsity for nblocks blocks and budget k (METHODS.md §3):
@@ -51,9 +52,9 @@ void sr_selection_free(sr_selection *sel);
 
 
 #include "sr_comm.h"
-/* Collective. Pools this rank's keys [kv_heads][n_local][d] into block means and all-gathers
- * them through the transport into sum (global block order). */
-sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, sr_transport *t,
-                              const float *k_local, sr_summaries *sum);
+/* Collective. Pools this rank's keys [kv_heads][n_local][d] (backend memory) into block means
+ * and all-gathers them over MPI into sum->kmean (host, global block order). */
+sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, MPI_Comm comm,
+                              const void *k_local, sr_summaries *sum);
 void sr_summaries_free(sr_summaries *sum);
 #endif

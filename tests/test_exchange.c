@@ -47,7 +47,7 @@ static void make_config(sr_config *cfg, sr_shard_scheme shard, double sparsity) 
 typedef struct fixture {
   sr_config cfg;
   sr_plan p;
-  float *q, *k, *v, *out, *lse;
+  float *q, *kv, *k, *v, *out, *lse;
   sr_summaries sum;
   sr_selection sel;
 } fixture;
@@ -68,8 +68,9 @@ static void setup_fixture(fixture *f, sr_shard_scheme shard, double sparsity, sr
   const sr_plan *p = &f->p;
   size_t qf = (size_t)p->q_heads * p->n_local * p->d, kf = (size_t)p->kv_heads * p->n_local * p->d;
   f->q = malloc(qf * 4);
-  f->k = malloc(kf * 4);
-  f->v = malloc(kf * 4);
+  f->kv = malloc(2 * kf * 4); /* K then V: the shard layout sr_ring_run sends */
+  f->k = f->kv;
+  f->v = f->kv + kf;
   f->out = malloc(qf * 4);
   f->lse = malloc((size_t)p->q_heads * p->n_local * 4);
   load(&f->cfg, p, 'q', f->q);
@@ -78,15 +79,14 @@ static void setup_fixture(fixture *f, sr_shard_scheme shard, double sparsity, sr
   for (size_t i = 0; i < qf; i++) f->out[i] = NAN;
   for (size_t i = 0; i < (size_t)p->q_heads * p->n_local; i++) f->lse[i] = NAN;
   const sr_backend *be = sr_backend_cpu();
-  assert_int_equal(sr_summaries_gather(p, be, t, f->k, &f->sum), SR_OK);
+  assert_int_equal(sr_summaries_gather(p, be, W.comm, f->k, &f->sum), SR_OK);
   int K = sr_block_sparse_budget(p->nkb_global, sparsity);
   assert_int_equal(sr_select_block_sparse(p, be, f->q, &f->sum, K, &f->sel), SR_OK);
 }
 
 static void free_fixture(fixture *f) {
   free(f->q);
-  free(f->k);
-  free(f->v);
+  free(f->kv);
   free(f->out);
   free(f->lse);
   sr_summaries_free(&f->sum);
@@ -102,7 +102,8 @@ typedef struct check_ctx {
   int64_t slots_checked;
 } check_ctx;
 
-static sr_status checking_step(void *ctx, int step, int src, const float *k, const float *v) {
+static sr_status checking_step(void *ctx, int step, int src, const void *kp, const void *vp) {
+  const float *k = kp, *v = vp;
   check_ctx *c = ctx;
   const sr_plan *p = &c->f->p;
   if (step > 0) {
@@ -186,6 +187,7 @@ static void run_mode(sr_shard_scheme shard, double sparsity, sr_exchange_mode mo
   sr_transport *t = NULL;
   assert_int_equal(sr_transport_mpi_create(&W, &t), SR_OK);
   fixture f;
+  (void)t;
   setup_fixture(&f, shard, sparsity, t);
   const sr_plan *p = &f.p;
   sr_xplan x;
@@ -194,7 +196,7 @@ static void run_mode(sr_shard_scheme shard, double sparsity, sr_exchange_mode mo
   assert_int_equal(sr_attend_init(&att, p, sr_backend_cpu(), f.q, &f.sel, &x, f.out, f.lse), SR_OK);
   check_ctx c = {.att = &att, .x = &x, .f = &f};
   sr_ring_times tm = {0};
-  assert_int_equal(sr_ring_run(&x, p, t, f.k, f.v, checking_step, &c, &tm, 0), SR_OK);
+  assert_int_equal(sr_ring_run(&x, p, sr_backend_cpu(), t, f.kv, checking_step, &c, &tm, 0), SR_OK);
 
   /* Naive recount of the remote pairs this rank needs. */
   uint8_t *need = calloc((size_t)p->kv_heads * p->nkb_global, 1);

@@ -120,7 +120,7 @@ static inline __attribute__((always_inline)) void prefetch_q(const sr_attn_args 
                                                              int h) {
   const int64_t i0 = mb * a->bq, qrows = a->nq - i0 < a->bq ? a->nq - i0 : a->bq;
   if (qrows <= 0) return;
-  const char *q = (const char *)(a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)a->d);
+  const char *q = (const char *)((const float *)a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)a->d);
   const size_t bytes = (size_t)qrows * (size_t)a->d * sizeof(float);
   for (size_t x = 0; x < bytes; x += 64) __builtin_prefetch(q + x);
 }
@@ -140,7 +140,7 @@ static void attn_row(const sr_attn_args *a, int h, int64_t mb, int64_t bqp, floa
   if (qrows <= 0) return;
   const int64_t L = sr__cpu_lanes_up(qrows);
   const int rowmajor = d % SR_CPU_LANES == 0;
-  const float *q = a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)d;
+  const float *q = (const float *)a->q + ((size_t)h * (size_t)a->nq + (size_t)i0) * (size_t)d;
 
   /* Q^T, scaled; padded lanes zero. */
   sr__cpu_transpose(q, qrows, d, d, w->qt, bqp, L, qscale, NULL);
@@ -159,8 +159,10 @@ static void attn_row(const sr_attn_args *a, int h, int64_t mb, int64_t bqp, floa
     if (a->kv_limit - kp < jn) jn = a->kv_limit - kp;
     if (qlast + 1 - kp < jn) jn = qlast + 1 - kp;
     if (jn <= 0) continue; /* entirely in the future or beyond the sequence end */
-    const float *kb = a->k + (size_t)a->slot[e] * blk, *vb = a->v + (size_t)a->slot[e] * blk;
-    if (e + 1 < e_end) prefetch_block(a->k, a->v, (size_t)a->slot[e + 1] * blk, blk * 4);
+    const float *kb = (const float *)a->k + (size_t)a->slot[e] * blk,
+                *vb = (const float *)a->v + (size_t)a->slot[e] * blk;
+    if (e + 1 < e_end) prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + 1] * blk,
+                     blk * 4);
 
     /* S^T[j][i] = sum_c K[j][c] * Qt[c][i]  (K read in place: row stride d). */
     sr__cpu_gemm_lanes(jn, L, d, kb, d, 1, w->qt, bqp, w->st, bqp, NULL, NULL);

@@ -10,6 +10,7 @@
 #include "cpu_internal.h"
 
 #include <omp.h>
+#include <stdlib.h>
 
 /* 0 = OpenMP default. Set once at start-up, before the kernels run (not synchronised). */
 static int sr__cpu_nthreads = 0;
@@ -66,12 +67,13 @@ static sr_status cpu_merge(float *acc_out, float *acc_lse, const float *part_out
 }
 
 /* Mean of each block of b rows (the last one over its valid rows only). */
-static sr_status cpu_pool_mean(const float *x, int heads, int64_t n, int d, int b, float *y) {
+static sr_status cpu_pool_mean(const void *xv, int heads, int64_t n, int d, int b, float *y) {
   if (heads <= 0 || n < 0 || d <= 0 || b <= 0)
     return sr__seterr(SR_ERR_SHAPE, "pool_mean: bad shape heads=%d n=%lld d=%d b=%d", heads,
                       (long long)n, d, b);
   if (n == 0) return SR_OK;
-  if (!x || !y) return sr__seterr(SR_ERR_INTERNAL, "pool_mean: NULL buffer");
+  if (!xv || !y) return sr__seterr(SR_ERR_INTERNAL, "pool_mean: NULL buffer");
+  const float *x = xv;
   const int64_t nb = (n + b - 1) / b, tasks = (int64_t)heads * nb;
 #pragma omp parallel for schedule(static) num_threads(team_for((int64_t)heads * n * d, tasks))
   for (int64_t t = 0; t < tasks; t++) {
@@ -186,8 +188,74 @@ static sr_status cpu_topk(const float *x, int64_t n, int k, int32_t *idx) {
   return SR_OK;
 }
 
+/* ---- memory: host memory, fp32 storage, so most of these are copies ---------------------- */
+
+static sr_status cpu_alloc(size_t bytes, void **p) {
+  *p = sr__alloc(bytes > 0 ? bytes : 64);
+  return *p ? SR_OK : sr__seterr(SR_ERR_NOMEM, "out of memory allocating %zu bytes", bytes);
+}
+
+static void cpu_free(void *p) { sr__free(p); }
+
+static sr_status cpu_copy(float *dst, const float *src, size_t n) {
+  if (n > 0 && dst != src) memcpy(dst, src, n * sizeof(float));
+  return SR_OK;
+}
+
+static sr_status cpu_store(void *dst, const float *src, size_t n) { return cpu_copy(dst, src, n); }
+
+static sr_status cpu_gather(void *dst, const void *pool, const int32_t *slots, int64_t n,
+                            size_t item_elems) {
+  float *d = dst;
+  const float *p = pool;
+#pragma omp parallel for schedule(static) num_threads(team_for(n * (int64_t)item_elems, n))
+  for (int64_t i = 0; i < n; i++)
+    memcpy(d + (size_t)i * item_elems, p + (size_t)slots[i] * item_elems,
+           item_elems * sizeof(float));
+  return SR_OK;
+}
+
+static sr_status cpu_sync(void) { return SR_OK; }
+
+static int cmp_i32(const void *a, const void *b) {
+  const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Block-Sparse rows: force, select with cpu_topk, sort ascending; one row per thread. */
+static sr_status cpu_topk_rows(float *s, int64_t rows, int64_t ld, const int64_t *causal,
+                               const int32_t *keep, int K, int32_t *idx) {
+  sr_status st = SR_OK;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(team_for(rows * ld, rows))
+  for (int64_t i = 0; i < rows; i++) {
+    float *row = s + i * ld;
+    const int64_t c = causal[i];
+    row[0] = INFINITY;
+    row[c - 1] = INFINITY;
+    if (c >= 2) row[c - 2] = INFINITY;
+    int32_t *out = idx + i * K;
+    sr_status ts = cpu_topk(row, c, keep[i], out);
+    if (ts != SR_OK) {
+#pragma omp critical
+      st = ts;
+      continue;
+    }
+    qsort(out, (size_t)keep[i], sizeof(int32_t), cmp_i32);
+  }
+  return st;
+}
+
 static const sr_backend sr__cpu_backend = {
     .name = "cpu",
+    .elem_bytes = sizeof(float),
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .store = cpu_store,
+    .copy_in = cpu_copy,
+    .copy_out = cpu_copy,
+    .gather = cpu_gather,
+    .sync = cpu_sync,
+    .topk_rows = cpu_topk_rows,
     .attn_fwd = sr__cpu_attn_fwd,
     .merge = cpu_merge,
     .pool_mean = cpu_pool_mean,
