@@ -55,5 +55,8 @@ struct sr_transport {
 
 /* The MPI transport (host buffers, nonblocking point-to-point). */
 sr_status sr_transport_mpi_create(const sr_world *w, sr_transport **t);
+/* The NCCL transport (device buffers; SR_CUDA builds only; needs the CUDA backend bound first):
+ * communicator bootstrapped from an ncclUniqueId broadcast over w->comm. Collective. */
+sr_status sr_transport_nccl_create(const sr_world *w, sr_transport **t);
 
 #endif

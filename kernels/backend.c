@@ -7,7 +7,8 @@
 #include "sr_internal.h"
 
 #ifndef SR_CUDA
-const sr_backend *sr_backend_cuda(void) {
+const sr_backend *sr_backend_cuda(int local_rank) {
+  (void)local_rank;
   sr__seterr(SR_ERR_BACKEND, "backend cuda: this sparsering was built without CUDA "
                              "(configure with nvcc available, -DSR_CUDA=ON)");
   return NULL;

@@ -100,8 +100,9 @@ typedef struct sr_backend {
 const sr_backend *sr_backend_cpu(void);
 
 /* The CUDA backend when built with SR_CUDA and a device is usable, else NULL (the reason in
- * sr_last_error()). The device is the one cudaSetDevice chose for this rank. */
-const sr_backend *sr_backend_cuda(void);
+ * sr_last_error()). Binds this rank to device local_rank % device_count (one GPU per rank
+ * when ranks per node <= GPUs per node). */
+const sr_backend *sr_backend_cuda(int local_rank);
 
 /* Threads used by the CPU backend (OpenMP); 0 means the OpenMP default. */
 void sr_cpu_set_threads(int threads);

@@ -320,7 +320,7 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
   /* Backend: cuda when asked or (auto) when this rank has a usable GPU, else the CPU. Every
    * rank must agree: a mix of backends would mix transports. */
   const sr_backend *be = NULL;
-  if (cfg->backend != SR_BACKEND_CPU) be = sr_backend_cuda();
+  if (cfg->backend != SR_BACKEND_CPU) be = sr_backend_cuda(w->local_rank);
   if (!be && cfg->backend == SR_BACKEND_CUDA)
     st = sr__seterr(SR_ERR_BACKEND, "%s", sr_last_error());
   int want_cuda = be != NULL, all_cuda = 0;
