@@ -5,8 +5,10 @@
 #   comm/cuda/*.c       NCCL transport (sr_transport_nccl_create), host C
 include(CheckLanguage)
 check_language(CUDA)
+file(GLOB SR_CUDA_PRESENT ${CMAKE_CURRENT_SOURCE_DIR}/kernels/cuda/*.cu)
+file(GLOB SR_NCCL_PRESENT ${CMAKE_CURRENT_SOURCE_DIR}/comm/cuda/*.c)
 if(NOT DEFINED SR_CUDA)
-  if(CMAKE_CUDA_COMPILER)
+  if(CMAKE_CUDA_COMPILER AND SR_CUDA_PRESENT AND SR_NCCL_PRESENT)
     set(SR_CUDA_DEFAULT ON)
   else()
     set(SR_CUDA_DEFAULT OFF)
