@@ -3,7 +3,8 @@
  * exactly), out within a relative tolerance (||a-b||/||b|| over each layer), lse within an
  * absolute tolerance, and both marked complete. Used by the rank-count agreement tests.
  *
- *   h5cmp A.h5 B.h5 LAYERS [RELTOL]     exit 0 when they agree, 1 with a one-line reason
+ *   h5cmp A.h5 B.h5 LAYERS [RELTOL [LSETOL]]   exit 0 when they agree, 1 with a one-line reason
+ * RELTOL defaults to 1e-6 (fp32 across rank counts); LSETOL to 1e-5 (bf16 runs need ~5e-2).
  */
 #include <hdf5.h>
 #include <math.h>
@@ -42,10 +43,11 @@ static int complete(hid_t f) {
 
 int main(int argc, char **argv) {
   if (argc < 4) {
-    fprintf(stderr, "usage: h5cmp A.h5 B.h5 LAYERS [RELTOL]\n");
+    fprintf(stderr, "usage: h5cmp A.h5 B.h5 LAYERS [RELTOL [LSETOL]]\n");
     return 2;
   }
   double tol = argc > 4 ? atof(argv[4]) : 1e-6;
+  double lse_tol = argc > 5 ? atof(argv[5]) : 1e-5;
   int layers = atoi(argv[3]);
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
   hid_t fa = H5Fopen(argv[1], H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -93,8 +95,8 @@ int main(int argc, char **argv) {
     }
     free(a);
     free(b);
-    printf("layer %d: lse max abs difference %.3e\n", l, worst);
-    if (!(worst <= 1e-5)) return fail("%s: lse differs (%s)", p, "beyond 1e-5");
+    printf("layer %d: lse max abs difference %.3e (tolerance %.1e)\n", l, worst, lse_tol);
+    if (!(worst <= lse_tol)) return fail("%s: lse differs (%s)", p, "beyond the tolerance");
   }
   H5Fclose(fa);
   H5Fclose(fb);
