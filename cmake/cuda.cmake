@@ -22,7 +22,9 @@ if(NOT CMAKE_CUDA_COMPILER)
   message(FATAL_ERROR "SR_CUDA=ON but no CUDA compiler (nvcc) was found")
 endif()
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-  set(CMAKE_CUDA_ARCHITECTURES 90) # H100 / H200; `native` fails where no GPU is present
+  # H100 / H200; `native` fails where no GPU is present. 90a (not 90) holds the wgmma attention
+  # kernel; a plain 90 build runs the mma.sync kernel instead (docs/GPU.md).
+  set(CMAKE_CUDA_ARCHITECTURES 90a)
 endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
@@ -42,6 +44,11 @@ target_sources(sparsering PRIVATE ${SR_CUDA_SOURCES})
 target_include_directories(sparsering PUBLIC kernels/cuda comm/cuda)
 target_compile_definitions(sparsering PUBLIC SR_CUDA=1)
 target_link_libraries(sparsering PUBLIC CUDA::cudart sr_nccl)
-set_target_properties(sparsering PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
+set_target_properties(sparsering PROPERTIES CUDA_SEPARABLE_COMPILATION OFF CUDA_STANDARD 17
+                      CUDA_STANDARD_REQUIRED ON)
+# The GPU attention benchmark (bench/gpu): C host code timing the backend with CUDA events.
+if(SR_BUILD_BENCH)
+  add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/bench/gpu ${CMAKE_CURRENT_BINARY_DIR}/bench_gpu)
+endif()
 # Host compiler flags for .cu files: the project's -march/-Wall options are C-only.
 message(STATUS "sparsering: CUDA backend ON (arch ${CMAKE_CUDA_ARCHITECTURES}), NCCL ${NCCL_LIBRARY}")

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 . jobs/env.sh
 if [ "${SR_SANITIZE:-0}" = 1 ]; then
   dir=build-sanitize
-  jobs/build.sh "$dir" -DSR_SANITIZE=ON -DSR_BUILD_BENCH=OFF
+  jobs/build.sh "$dir" -DSR_SANITIZE=ON -DSR_BUILD_BENCH=OFF -DSR_CUDA=OFF
   # Open MPI's own allocations at exit are not ours: leak checking off, everything else on.
   export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1
 else

@@ -22,9 +22,31 @@ cudaStream_t sr__cuda_compute_stream(void);
 /* The device this rank is bound to (valid after sr_backend_cuda() succeeded). */
 int sr__cuda_device(void);
 
-/* A failing CUDA call becomes SR_ERR_BACKEND with "file:line: what: cudaGetErrorString". */
+/* A failing CUDA call becomes SR_ERR_BACKEND with "file:line: what: cudaGetErrorString".
+ * The build defines SR_CUDA=1 (an object-like macro, for #ifdef SR_CUDA); this header turns
+ * it into the check macro, which keeps `#ifdef SR_CUDA` true without a redefinition warning. */
 sr_status sr__cuda_check(cudaError_t e, const char *what, const char *file, int line);
+#undef SR_CUDA
 #define SR_CUDA(call) SR_TRY(sr__cuda_check((call), #call, __FILE__, __LINE__))
+
+/* The attention kernels (docs/GPU.md). AUTO picks the fastest one that fits the shape: for
+ * bq, bk, d in {64, 128}, WGMMA (Hopper warpgroup MMA with the softmax of one block overlapped
+ * with the P.V product of the previous one; needs an sm_90a build on a compute 9.0 device),
+ * else MMA (mma.sync); GENERIC for every other shape. Tests and benchmarks force one with
+ * sr__cuda_attn_force (AUTO restores the choice); a forced kernel that does not fit the shape
+ * makes attn_fwd fail with SR_ERR_SHAPE. The ladder (kernels/cuda/dev) has more versions. */
+enum { SR_CUDA_ATTN_AUTO = 0, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_WGMMA };
+void sr__cuda_attn_force(int kernel);
+/* The kernel the last successful attn_fwd call ran (SR_CUDA_ATTN_*; AUTO before any). */
+int sr__cuda_attn_last(void);
+const char *sr__cuda_attn_name(int kernel);
+/* 1 if this build holds the sm_90a wgmma kernel and the device runs it. */
+int sr__cuda_have_wgmma(void);
+/* Benchmarks: with timing on, attn_fwd records CUDA events around its kernel launch alone
+ * (not the upload of the CSR lists), and sr__cuda_attn_kernel_ms() returns the last call's
+ * kernel time in ms after the caller synchronised (negative if none). */
+void sr__cuda_attn_timing(int on);
+float sr__cuda_attn_kernel_ms(void);
 
 #ifdef __cplusplus
 }

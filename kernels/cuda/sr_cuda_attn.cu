@@ -1,0 +1,193 @@
+/*
+ * sr_cuda_attn.cu — attn_fwd of the CUDA backend: checks the arguments as the CPU backend
+ * does, uploads the CSR lists, picks a kernel and launches it (the kernels and their design
+ * are in sr_attn_kernels.cuh; docs/GPU.md has the measurements behind the choice).
+ *
+ * Choice: shapes with bq, bk, d in {64, 128} run on the tensor cores: the wgmma kernel with
+ * softmax/MMA overlap (sr_attn_wgmma_pipe: the ladder's v7, 3 K/V stages, at bq = bk = 128;
+ * v5, 2 stages, elsewhere) when this build holds sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a)
+ * and the device is a Hopper, else the mma.sync kernel (v3); any other shape runs the generic
+ * kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
+ * compute stream.
+ */
+#include "sr_attn_kernels.cuh"
+#include "sr_cuda_internal.h"
+
+static int attn_forced = SR_CUDA_ATTN_AUTO, attn_last = SR_CUDA_ATTN_AUTO, have_wgmma = 0;
+static int max_smem_optin = 0;
+static int attn_timing = 0, attn_timed = 0;
+static cudaEvent_t attn_ev[2];
+
+extern "C" void sr__cuda_attn_timing(int on) { attn_timing = on; }
+extern "C" float sr__cuda_attn_kernel_ms(void) {
+  float ms = -1.0f;
+  if (!attn_timed || cudaEventElapsedTime(&ms, attn_ev[0], attn_ev[1]) != cudaSuccess) return -1.0f;
+  return ms;
+}
+
+extern "C" void sr__cuda_attn_force(int kernel) { attn_forced = kernel; }
+extern "C" int sr__cuda_attn_last(void) { return attn_last; }
+extern "C" int sr__cuda_have_wgmma(void) { return have_wgmma; }
+extern "C" const char *sr__cuda_attn_name(int kernel) {
+  switch (kernel) {
+  case SR_CUDA_ATTN_GENERIC: return "generic";
+  case SR_CUDA_ATTN_MMA: return "mma";
+  case SR_CUDA_ATTN_WGMMA: return "wgmma";
+  default: return "auto";
+  }
+}
+
+/* One entry per tensor-core configuration: the kernels and their shared memory. ST is the
+ * number of K/V stages of the wgmma kernel: 3 (the ladder's v7) measured as fast as or faster
+ * than 2 (v5) at bq = bk = 128, and up to 11% slower at other block shapes (docs/GPU.md). */
+typedef void (*attn_kernel_fn)(sr_attn_dev);
+typedef struct attn_cfg {
+  int bq, bk, d;
+  attn_kernel_fn mma, wgmma;
+  size_t mma_smem, wgmma_smem;
+} attn_cfg;
+
+#define CFG(BQ, BK, D, ST)                                                                         \
+  {BQ, BK, D, sr_attn_mma<BQ, BK, D, true>, sr_attn_wgmma_pipe<BQ, BK, D, ST>,                     \
+   sr_mma_smem_bytes<BQ, BK, D>(), sr_wgmma_pipe_smem_bytes<BQ, BK, D, ST>()}
+static const attn_cfg attn_cfgs[] = {
+    CFG(64, 64, 64, 2),   CFG(64, 64, 128, 2),   CFG(64, 128, 64, 2),   CFG(64, 128, 128, 2),
+    CFG(128, 64, 64, 2),  CFG(128, 64, 128, 2),  CFG(128, 128, 64, 3),  CFG(128, 128, 128, 3),
+};
+#undef CFG
+#define N_CFGS ((int)(sizeof attn_cfgs / sizeof attn_cfgs[0]))
+
+static const attn_cfg *find_cfg(int bq, int bk, int d) {
+  for (int i = 0; i < N_CFGS; i++)
+    if (attn_cfgs[i].bq == bq && attn_cfgs[i].bk == bk && attn_cfgs[i].d == d) return &attn_cfgs[i];
+  return NULL;
+}
+
+sr_status sr__cuda_attn_init(void) {
+  const int dev = sr__cuda_device();
+  cudaDeviceProp prop;
+  SR_CUDA(cudaGetDeviceProperties(&prop, dev));
+  max_smem_optin = (int)prop.sharedMemPerBlockOptin;
+  /* The wgmma kernels are real only in an sm_90a build, and run only on compute 9.0. */
+  int *flag = NULL, host_flag = 0;
+  SR_CUDA(cudaMalloc(&flag, sizeof(int)));
+  sr_attn_wgmma_probe<<<1, 1, 0, sr__cuda_compute_stream()>>>(flag);
+  cudaError_t e = cudaGetLastError();
+  if (e == cudaSuccess)
+    e = cudaMemcpyAsync(&host_flag, flag, sizeof(int), cudaMemcpyDeviceToHost,
+                        sr__cuda_compute_stream());
+  if (e == cudaSuccess) e = cudaStreamSynchronize(sr__cuda_compute_stream());
+  cudaFree(flag);
+  SR_TRY(sr__cuda_check(e, "probing the attention kernels", __FILE__, __LINE__));
+  have_wgmma = host_flag == 1 && prop.major == 9 && prop.minor == 0;
+  for (int i = 0; i < N_CFGS; i++) {
+    const attn_cfg *c = &attn_cfgs[i];
+    SR_CUDA(cudaFuncSetAttribute(c->mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)c->mma_smem));
+    if (have_wgmma)
+      SR_CUDA(cudaFuncSetAttribute(c->wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)c->wgmma_smem));
+  }
+  SR_CUDA(cudaFuncSetAttribute(sr_attn_generic, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               max_smem_optin));
+  SR_CUDA(cudaEventCreate(&attn_ev[0]));
+  SR_CUDA(cudaEventCreate(&attn_ev[1]));
+  return SR_OK;
+}
+
+/* The same checks as the CPU backend, so both fail alike on bad input. */
+static sr_status attn_check(const sr_attn_args *a) {
+  if (!a) return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL arguments");
+  if (a->q_heads <= 0 || a->d <= 0 || a->bq <= 0 || a->bk <= 0 || a->nqb < 0 || a->nq < 0)
+    return sr__seterr(SR_ERR_SHAPE,
+                      "attn_fwd: bad shape q_heads=%d d=%d bq=%d bk=%d nqb=%d nq=%lld",
+                      a->q_heads, a->d, a->bq, a->bk, a->nqb, (long long)a->nq);
+  if (a->nq > (int64_t)a->nqb * a->bq)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: nq=%lld exceeds nqb*bq=%lld", (long long)a->nq,
+                      (long long)a->nqb * a->bq);
+  if (a->nq == 0 || a->nqb == 0) return SR_OK;
+  if (!a->q || !a->qpos || !a->row_ptr || !a->out || !a->lse)
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL q/qpos/row_ptr/out/lse");
+  const int64_t rows = (int64_t)a->q_heads * a->nqb;
+  if (rows > INT32_MAX)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: %lld rows exceed one launch", (long long)rows);
+  if (a->row_ptr[0] != 0)
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr[0]=%lld, expected 0",
+                      (long long)a->row_ptr[0]);
+  for (int64_t r = 0; r < rows; r++)
+    if (a->row_ptr[r + 1] < a->row_ptr[r])
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr decreases at row %lld",
+                        (long long)r);
+  const int64_t nnz = a->row_ptr[rows];
+  if (nnz > 0 && (!a->slot || !a->kpos || !a->k || !a->v))
+    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL slot/kpos/k/v with %lld entries",
+                      (long long)nnz);
+  for (int64_t e = 0; e < nnz; e++)
+    if (a->slot[e] < 0)
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: negative slot %d at entry %lld",
+                        (int)a->slot[e], (long long)e);
+  return SR_OK;
+}
+
+sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
+  SR_TRY(attn_check(a));
+  if (a->nq == 0 || a->nqb == 0) return SR_OK;
+  const int64_t rows = (int64_t)a->q_heads * a->nqb, nnz = a->row_ptr[rows];
+
+  const attn_cfg *cfg = find_cfg(a->bq, a->bk, a->d);
+  int kernel = attn_forced;
+  if (kernel == SR_CUDA_ATTN_AUTO)
+    kernel = !cfg ? SR_CUDA_ATTN_GENERIC : have_wgmma ? SR_CUDA_ATTN_WGMMA : SR_CUDA_ATTN_MMA;
+  if ((kernel == SR_CUDA_ATTN_MMA || kernel == SR_CUDA_ATTN_WGMMA) && !cfg)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the %s kernel needs bq, bk, d in {64, 128}, got "
+                      "bq=%d bk=%d d=%d", sr__cuda_attn_name(kernel), a->bq, a->bk, a->d);
+  if (kernel == SR_CUDA_ATTN_WGMMA && !have_wgmma)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the wgmma kernel needs an sm_90a build "
+                      "(CMAKE_CUDA_ARCHITECTURES=90a) on a compute 9.0 device");
+  const size_t gen_smem = (size_t)SR_GEN_WARPS * 2 * (size_t)a->d * sizeof(float);
+  if (kernel == SR_CUDA_ATTN_GENERIC && gen_smem > (size_t)max_smem_optin)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: head dim %d is too large for the generic kernel",
+                      a->d);
+
+  sr_attn_dev dv;
+  dv.q_heads = a->q_heads;
+  dv.d = a->d;
+  dv.bq = a->bq;
+  dv.bk = a->bk;
+  dv.nqb = a->nqb;
+  dv.nq = a->nq;
+  dv.kv_limit = a->kv_limit;
+  dv.sl2 = a->scale * SR_LOG2E;
+  dv.q = (const sr_bf16 *)a->q;
+  dv.k = (const sr_bf16 *)a->k;
+  dv.v = (const sr_bf16 *)a->v;
+  dv.out = a->out;
+  dv.lse = a->lse;
+  sr_cuda_piece pc[4] = {
+      {a->qpos, (size_t)a->nqb * sizeof(int64_t), (void **)&dv.qpos},
+      {a->row_ptr, (size_t)(rows + 1) * sizeof(int64_t), (void **)&dv.row_ptr},
+      {a->kpos, (size_t)nnz * sizeof(int64_t), (void **)&dv.kpos},
+      {a->slot, (size_t)nnz * sizeof(int32_t), (void **)&dv.slot},
+  };
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, 4));
+
+  cudaStream_t st = sr__cuda_compute_stream();
+  const unsigned grid = (unsigned)rows;
+  if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[0], st));
+  switch (kernel) {
+  case SR_CUDA_ATTN_WGMMA:
+    cfg->wgmma<<<grid, cfg->bq * 2, cfg->wgmma_smem, st>>>(dv);
+    break;
+  case SR_CUDA_ATTN_MMA:
+    cfg->mma<<<grid, cfg->bq * 2, cfg->mma_smem, st>>>(dv);
+    break;
+  default:
+    sr_attn_generic<<<grid, SR_GEN_WARPS * 32, gen_smem, st>>>(dv);
+    break;
+  }
+  SR_CUDA_LAUNCHED("attn_fwd");
+  if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[1], st));
+  attn_timed = attn_timing;
+  attn_last = kernel;
+  return SR_OK;
+}

@@ -1,0 +1,54 @@
+/*
+ * sr_cuda_internal.h — what the files of the CUDA backend share (not installed, CUDA C++).
+ *
+ * Host arrays that kernels read (CSR lists, slot lists, top-k bounds) travel through
+ * sr__cuda_upload(): it copies them into a pinned staging ring on the host and from there,
+ * asynchronously on the compute stream, into a device scratch area that grows as needed. A
+ * staging slot is reused only after the event recorded behind its last copy has completed,
+ * so the host never waits for compute to upload the next launch's lists, and the caller may
+ * free or change its host array as soon as the op returns.
+ */
+#ifndef SR_CUDA_INTERNAL_H
+#define SR_CUDA_INTERNAL_H
+
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "kernels.h"
+#include "sr_internal.h"
+}
+#include "sr_cuda.h"
+
+/* Device scratch areas, one per purpose (an op may use several at once). */
+enum {
+  SR_SCRATCH_ATTN = 0,
+  SR_SCRATCH_GATHER,
+  SR_SCRATCH_TOPK,
+  SR_SCRATCH_TOPK_IDX,
+  SR_SCRATCH_STORE,
+  SR_SCRATCH_N
+};
+
+/* One host array to upload; *dev receives the address of its device copy. */
+typedef struct sr_cuda_piece {
+  const void *host;
+  size_t bytes;
+  void **dev;
+} sr_cuda_piece;
+
+/* Copies n host arrays, packed at 16-byte boundaries, into device scratch area `which` (grown
+ * as needed) with one asynchronous copy on the compute stream. Kernels launched after it on
+ * the stream see the data; the host arrays may be reused as soon as this returns. */
+sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n);
+
+/* A device scratch area of at least `bytes` (contents undefined), stream-ordered. */
+sr_status sr__cuda_scratch(int which, size_t bytes, void **dev);
+
+/* The attn_fwd entry of the table (sr_cuda_attn.cu) and its one-time set-up. */
+sr_status sr__cuda_attn_fwd(const sr_attn_args *a);
+sr_status sr__cuda_attn_init(void);
+
+/* Checks the launch that was just made. */
+#define SR_CUDA_LAUNCHED(what) SR_TRY(sr__cuda_check(cudaGetLastError(), (what), __FILE__, __LINE__))
+
+#endif

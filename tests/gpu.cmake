@@ -1,0 +1,6 @@
+# CUDA backend against the CPU backend, every op (test_gpu_backend.c). Built in every
+# configuration; it exits 77 (reported as skipped) where sr_backend_cuda() finds no usable
+# device: on CI, and in builds without SR_CUDA. It shares the `gpu` resource lock with the
+# other GPU tests (tests/gpu_mpi.cmake), so `ctest -j` never runs two of them at once.
+sr_unit_test(test_gpu_backend SOURCES test_gpu_backend.c LABELS gpu TIMEOUT 300)
+set_tests_properties(test_gpu_backend PROPERTIES RESOURCE_LOCK gpu)
