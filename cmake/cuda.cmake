@@ -21,7 +21,7 @@ endif()
 if(NOT CMAKE_CUDA_COMPILER)
   message(FATAL_ERROR "SR_CUDA=ON but no CUDA compiler (nvcc) was found")
 endif()
-if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+if(NOT CMAKE_CUDA_ARCHITECTURES)
   # H100 / H200; `native` fails where no GPU is present. 90a (not 90) holds the wgmma attention
   # kernel; a plain 90 build runs the mma.sync kernel instead (docs/GPU.md).
   set(CMAKE_CUDA_ARCHITECTURES 90a)
@@ -44,8 +44,9 @@ target_sources(sparsering PRIVATE ${SR_CUDA_SOURCES})
 target_include_directories(sparsering PUBLIC kernels/cuda comm/cuda)
 target_compile_definitions(sparsering PUBLIC SR_CUDA=1)
 target_link_libraries(sparsering PUBLIC CUDA::cudart sr_nccl)
+# The library target exists before CUDA is enabled, so it did not inherit the architectures.
 set_target_properties(sparsering PROPERTIES CUDA_SEPARABLE_COMPILATION OFF CUDA_STANDARD 17
-                      CUDA_STANDARD_REQUIRED ON)
+                      CUDA_STANDARD_REQUIRED ON CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
 # The GPU attention benchmark (bench/gpu): C host code timing the backend with CUDA events.
 if(SR_BUILD_BENCH)
   add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/bench/gpu ${CMAKE_CURRENT_BINARY_DIR}/bench_gpu)
