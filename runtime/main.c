@@ -5,15 +5,22 @@
  * all ranks alike; they still agree (sr_comm_agree) before anything collective, because a file
  * may be readable on one node and not another. Only rank 0 prints. The process exit code
  * depends on the error class (sr_exit_code), the same on every rank, so `mpirun` returns it.
+ *
+ * SIGTERM and SIGUSR1 (what Slurm's --signal sends; mpirun forwards SIGUSR1 to every rank)
+ * only set a flag: the run stops at the next layer boundary with its checkpoint written and
+ * the process exits with SR_EXIT_INTERRUPTED (75), which a job script requeues on.
  */
 #include "sparsering.h"
+#include "sr_ckpt.h"
 #include "sr_comm.h"
 #include "sr_config.h"
 #include "sr_internal.h"
 #include "sr_run.h"
 
 #include <getopt.h>
+#include <inttypes.h>
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,14 +41,20 @@ static void usage(FILE *f) {
           "  -s, --set KEY=VALUE   override a config key, repeatable, applied in order;\n"
           "                        e.g. --set attention.sparsity=0.95 --set seq_len=32768\n"
           "  -o, --output PATH     HDF5 output file (same as --set output.path=PATH)\n"
-          "  -f, --force           overwrite an existing output (output.overwrite=true)\n"
+          "  -f, --force           overwrite an existing output, or discard the checkpoint of\n"
+          "                        an interrupted run (output.overwrite=true)\n"
+          "  -r, --resume          continue the checkpoint of an interrupted run, if there is\n"
+          "                        one (output.resume=true); docs/CHECKPOINT.md\n"
           "  -j, --json PATH       JSON report (same as --set report.json=PATH)\n"
           "  -q, --quiet           no progress lines and no config echo\n"
           "  -h, --help            this help\n"
           "  -V, --version         print the version\n"
           "\n"
-          "Exit codes: 0 ok, 2 usage or config error, 3 shape error (seq_len, ranks, input\n"
-          "shapes), 4 I/O error, 5 output exists, 1 other failure.\n"
+          "Exit codes: 0 ok, 2 usage or config error (also: a resume refused because the\n"
+          "config, input, rank count or backend changed), 3 shape error (seq_len, ranks, input\n"
+          "shapes), 4 I/O error (also: a damaged checkpoint), 5 output or checkpoint exists,\n"
+          "75 stopped by SIGTERM/SIGUSR1 with the checkpoint written (requeue and --resume),\n"
+          "1 other failure.\n"
           "Keys, types and defaults: docs/CONFIG.md. Output schema: docs/HDF5.md.\n");
 }
 
@@ -61,6 +74,7 @@ int main(int argc, char **argv) {
   static const struct option opts[] = {
       {"config", required_argument, 0, 'c'}, {"set", required_argument, 0, 's'},
       {"output", required_argument, 0, 'o'}, {"force", no_argument, 0, 'f'},
+      {"resume", no_argument, 0, 'r'},
       {"json", required_argument, 0, 'j'},   {"quiet", no_argument, 0, 'q'},
       {"help", no_argument, 0, 'h'},         {"version", no_argument, 0, 'V'},
       {0, 0, 0, 0}};
@@ -72,12 +86,13 @@ int main(int argc, char **argv) {
   sr_status st = SR_OK;
   opterr = 0;
   int c;
-  while (st == SR_OK && (c = getopt_long(argc, argv, ":c:s:o:fj:qhV", opts, NULL)) != -1) {
+  while (st == SR_OK && (c = getopt_long(argc, argv, ":c:s:o:frj:qhV", opts, NULL)) != -1) {
     switch (c) {
     case 'c': config_path = optarg; break;
     case 's': overrides[n_over++] = strdup(optarg); break;
     case 'o': overrides[n_over++] = kv("output.path", optarg); break;
     case 'f': overrides[n_over++] = strdup("output.overwrite=true"); break;
+    case 'r': overrides[n_over++] = strdup("output.resume=true"); break;
     case 'j': overrides[n_over++] = kv("report.json", optarg); break;
     case 'q': quiet = 1; break;
     case 'h':
@@ -125,10 +140,45 @@ int main(int argc, char **argv) {
   sr_world w;
   st = sr_comm_agree(MPI_COMM_WORLD, sr_world_init(&w, MPI_COMM_WORLD));
   if (st != SR_OK) goto fail;
+  sr_ckpt_signals_install();
   sr_run_result res;
   st = sr_run(&cfg, &w, &res);
+  if (st == SR_OK && res.stop_signal) {
+    /* Stopped between layers by SIGTERM / SIGUSR1: not an error; the job script requeues. */
+    if (rank == 0) {
+      const char *name = res.stop_signal == SIGTERM ? "SIGTERM"
+                         : res.stop_signal == SIGUSR1 ? "SIGUSR1" : "a signal";
+      if (res.layers_kept > 0)
+        fprintf(stderr, "sparsering: interrupted by %s before layer %d of %d: checkpoint of %d "
+                "layer%s kept in %s (run again with --resume)\n", name, res.stopped_at,
+                cfg.layers, res.layers_kept, res.layers_kept == 1 ? "" : "s", res.ckpt_dir);
+      else if (res.ckpt_dir)
+        fprintf(stderr, "sparsering: interrupted by %s before layer %d of %d: no layer was done, "
+                "nothing kept (run again)\n", name, res.stopped_at, cfg.layers);
+      else
+        fprintf(stderr, "sparsering: interrupted by %s before layer %d of %d: nothing kept "
+                "(no output, or output.checkpoint off; run again)\n", name, res.stopped_at,
+                cfg.layers);
+    }
+    exit_code = SR_EXIT_INTERRUPTED;
+    sr_run_result_free(&res);
+    sr_world_free(&w);
+    goto finish;
+  }
   if (st == SR_OK && rank == 0) {
     sr_report_print(&cfg, &res, stdout);
+    if (!quiet && res.ckpt_dir) {
+      int computed = cfg.layers - res.layers_resumed;
+      printf("# checkpoint: %d layer%s recorded in %.3f s (checksums %.3f s, close + sync + "
+             "record %.3f s), %.1f kB besides the data (snapshots, unit files, manifests)\n",
+             computed, computed == 1 ? "" : "s", res.ckpt_s + res.ckpt_hash_s, res.ckpt_hash_s,
+             res.ckpt_s, (double)res.ckpt_bytes / 1e3);
+      if (res.layers_resumed > 0)
+        printf("# resumed: layers 0-%d from %s (not recomputed; their rows above are from the "
+               "run that computed them), %.3f GB verified in %.3f s\n", res.layers_resumed - 1,
+               res.ckpt_dir, (double)res.resume_bytes / 1e9, res.resume_s);
+      fflush(stdout);
+    }
     if (cfg.report_json) st = sr_report_json(&cfg, &res, cfg.report_json);
   }
   st = sr_comm_agree(w.comm, st);

@@ -147,6 +147,10 @@ const sr__key sr__keys[] = {
      .doc = "datasets written when output.path is set"},
     {.parent = "output", .field = CYAML_FIELD_BOOL("overwrite", OPT, sr_config, overwrite),
      .def = 0, .doc = "replace an existing output file"},
+    {.parent = "output", .field = CYAML_FIELD_BOOL("checkpoint", OPT, sr_config, checkpoint),
+     .def = 1, .doc = "durable per-layer checkpoint in <output.path>.partial.d, continued by --resume"},
+    {.parent = "output", .field = CYAML_FIELD_BOOL("resume", OPT, sr_config, resume),
+     .def = 0, .doc = "continue the checkpoint of an interrupted run; none found = start from layer 0"},
 
     {SECTION("", "verify"), .doc = "checking against exact dense attention"},
     {.parent = "verify", .field = CYAML_FIELD_INT("rows", OPT, sr_config, verify_rows), .def = 64,
@@ -431,6 +435,16 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
     where(ctx, w, sizeof w, "output.write", "output.path");
     return sr__seterr(SR_ERR_CONFIG, "%soutput.write: empty, but output.path is set", w);
   }
+  /* Resuming needs something to resume: an output and its checkpoint. */
+  if (c->resume && c->out_path == NULL) {
+    where(ctx, w, sizeof w, "output.resume", "output.path");
+    return sr__seterr(SR_ERR_CONFIG, "%soutput.resume: needs output.path (the checkpoint is "
+                      "<output.path>.partial.d)", w);
+  }
+  if (c->resume && !c->checkpoint) {
+    where(ctx, w, sizeof w, "output.resume", "output.checkpoint");
+    return sr__seterr(SR_ERR_CONFIG, "%soutput.resume: needs output.checkpoint: true", w);
+  }
   return SR_OK;
 }
 
@@ -571,14 +585,48 @@ char *sr_config_to_yaml(const sr_config *cfg) {
   return t.buf;
 }
 
-uint64_t sr_config_hash(const sr_config *cfg) {
-  char *text = sr_config_to_yaml(cfg);
-  if (!text) return 0;
+static uint64_t fnv1a(const char *text) {
   uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a 64 */
   for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
     h ^= *p;
     h *= 0x100000001b3ull;
   }
+  return h;
+}
+
+uint64_t sr_config_hash(const sr_config *cfg) {
+  char *text = sr_config_to_yaml(cfg);
+  if (!text) return 0;
+  uint64_t h = fnv1a(text);
+  free(text);
+  return h;
+}
+
+/* The keys that never change a dataset, metric or selection: how many threads compute it, where
+ * files are, whether an old file may be replaced, whether a checkpoint is kept or continued,
+ * and what is reported on the side. input.path is here because a moved input file is the same
+ * input; its content is fingerprinted by the checkpoint instead (sr_h5_in_fingerprint). */
+char *sr_config_result_yaml(const sr_config *cfg) {
+  if (!cfg) return NULL;
+  sr_config c = *cfg; /* shallow: the strings below are only cleared, never freed */
+  sr_config d;
+  sr_config_defaults(&d);
+  c.threads = d.threads;
+  c.input_path = NULL;
+  c.out_path = NULL;
+  c.overwrite = d.overwrite;
+  c.checkpoint = d.checkpoint;
+  c.resume = d.resume;
+  c.report_json = NULL;
+  c.progress = d.progress;
+  c.source_name = NULL;
+  return sr_config_to_yaml(&c);
+}
+
+uint64_t sr_config_result_hash(const sr_config *cfg) {
+  char *text = sr_config_result_yaml(cfg);
+  if (!text) return 0;
+  uint64_t h = fnv1a(text);
   free(text);
   return h;
 }

@@ -16,7 +16,8 @@
  *   attention.block_q, attention.block_k, attention.top_chunks, attention.sparsity
  *   exchange (selected | dense_ring)
  *   backend (auto | cpu | cuda), threads
- *   output.path, output.write (list of out | lse | selection), output.overwrite
+ *   output.path, output.write (list of out | lse | selection), output.overwrite,
+ *   output.checkpoint, output.resume
  *   verify.rows (0 = off, -1 = all rows), report.json, report.progress
  */
 #ifndef SR_CONFIG_H
@@ -74,6 +75,8 @@ typedef struct sr_config {
   char *out_path;          /* owned; NULL = no HDF5 output */
   unsigned write_mask;     /* SR_WRITE_* */
   bool overwrite;
+  bool checkpoint;         /* durable per-layer checkpoint in <path>.partial.d (CHECKPOINT.md) */
+  bool resume;             /* continue the checkpoint of an interrupted run                */
   /* verify */
   int64_t verify_rows;     /* 0 off, -1 every row, else sampled rows per q-head          */
   /* report */
@@ -115,6 +118,14 @@ void sr_config_free(sr_config *cfg);
 char *sr_config_to_yaml(const sr_config *cfg);
 /* Stable 64-bit hash of the effective config (FNV-1a over sr_config_to_yaml). */
 uint64_t sr_config_hash(const sr_config *cfg);
+/* The result-affecting part of the config as YAML (malloc'd; NULL if out of memory): the
+ * effective config with the keys that cannot change a result reset to their defaults —
+ * threads, input.path (the input's content is fingerprinted instead), output.path,
+ * output.overwrite, output.checkpoint, output.resume, report.json, report.progress. Two
+ * configs with the same text compute bit-identical datasets (docs/CHECKPOINT.md). */
+char *sr_config_result_yaml(const sr_config *cfg);
+/* FNV-1a 64 over sr_config_result_yaml; 0 if out of memory. */
+uint64_t sr_config_result_hash(const sr_config *cfg);
 
 /* Names as written in the YAML ("block_sparse", "dense_ring", "zigzag"); "?" if out of range. */
 const char *sr_method_name(sr_method m);

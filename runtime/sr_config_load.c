@@ -311,10 +311,23 @@ static bool set_path(sr__load *L, const char *dotted, int value_id) {
   }
 }
 
+/* Text from the command line as shown in a one-line message: at most 60 bytes, control
+ * characters replaced (like shown() for document scalars). */
+static const char *printable(char *buf, size_t n, const char *s) {
+  size_t i, len = strlen(s);
+  for (i = 0; i < len && i < 60 && i + 4 < n; i++)
+    buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  buf[i] = '\0';
+  if (i < len && i + 4 <= n) strcpy(buf + i, "...");
+  return buf;
+}
+
 static sr_status apply_override(sr__load *L, const char *assign) {
   const char *eq = strchr(assign, '=');
+  char sh[80];
   if (!eq || eq == assign)
-    return sr__seterr(SR_ERR_CONFIG, "--set '%s': expected key=value", assign);
+    return sr__seterr(SR_ERR_CONFIG, "--set '%s': expected key=value",
+                      printable(sh, sizeof sh, assign));
   char key[128];
   size_t klen = (size_t)(eq - assign);
   while (klen && isspace((unsigned char)assign[klen - 1])) klen--;
@@ -323,7 +336,8 @@ static sr_status apply_override(sr__load *L, const char *assign) {
   if (sr__index_find(&L->ix, key) < 0) {
     char hint[96];
     suggestion(&L->ix, key, hint, sizeof hint);
-    return sr__seterr(SR_ERR_CONFIG, "--set %s: unknown key%s", key, hint);
+    return sr__seterr(SR_ERR_CONFIG, "--set %s: unknown key%s", printable(sh, sizeof sh, key),
+                      hint);
   }
   const char *value = eq + 1;
   yaml_parser_t p;
@@ -331,8 +345,8 @@ static sr_status apply_override(sr__load *L, const char *assign) {
   if (!yaml_parser_initialize(&p)) return sr__seterr(SR_ERR_NOMEM, "out of memory (libyaml)");
   yaml_parser_set_input_string(&p, (const unsigned char *)value, strlen(value));
   if (!yaml_parser_load(&p, &vdoc)) {
-    sr_status s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", key, value,
-                             p.problem ? p.problem : "syntax error");
+    sr_status s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", key,
+                             printable(sh, sizeof sh, value), p.problem ? p.problem : "syntax error");
     yaml_parser_delete(&p);
     return s;
   }

@@ -16,8 +16,20 @@
  *   - HDF5's own error-stack printing is switched off; each failure becomes one line naming the
  *     file, the dataset and what was found vs expected, plus the innermost HDF5 message.
  *   - hid_t values start as H5I_INVALID_HID and are closed on every path (goto fail style).
+ *   - Files are reproducible: object modification times are not recorded (track_times off on
+ *     every group and dataset), so the same writes in the same order give the same bytes. The
+ *     checkpoint (sr_ckpt.c) relies on it for resumed files identical to uninterrupted ones.
+ *   - An output may be suspended (flushed and closed) and reopened between writes; the
+ *     checkpoint closes it after every layer so that the file on disk is consistent.
+ *   - Space for closing: parallel HDF5 1.10 flushes metadata at close through collective sync
+ *     points, and a write that fails on one rank only (disk full, quota) makes that rank leave
+ *     the sync point early: the others wait forever. So while a file is open for writing,
+ *     rank 0 holds "<partial>.reserve" (1 MiB of allocated blocks) and frees it right before
+ *     every flush and close: the metadata (kilobytes) then always has room, every rank flushes
+ *     alike, and a full disk becomes an error that all ranks leave together.
  */
 #include "sr_h5.h"
+#include "sr_ckpt.h"
 #include "sr_internal.h"
 
 #include <hdf5.h>
@@ -33,15 +45,21 @@
 
 #define SR_H5_FORMAT "sparsering-1"
 #define SR_H5_MSG_LEN 1024
+#define SR_H5_RESERVE_BYTES (1 << 20)
 
 struct sr_h5_out {
   MPI_Comm comm;
   int rank, nranks;
-  hid_t file;      /* the open "<path>.partial"              */
-  hid_t dxpl;      /* collective transfer property list      */
-  char *path;      /* final name                             */
-  char *partial;   /* "<path>.partial"                       */
-  bool overwrite;  /* may <path> be replaced at commit       */
+  hid_t file;      /* the open partial file; invalid while suspended          */
+  hid_t dxpl;      /* collective transfer property list                       */
+  hid_t gcpl;      /* group creation: no modification times                    */
+  hid_t dcpl;      /* dataset creation: no modification times                  */
+  char *path;      /* final name                                               */
+  char *partial;   /* where it is built: "<path>.partial" or a checkpoint's file */
+  char *reserve;   /* "<partial>.reserve": space held for closing (rank 0)      */
+  bool reserved;   /* rank 0 holds the reserve file now                        */
+  bool overwrite;  /* may <path> be replaced at commit                         */
+  bool keep;       /* a failed commit leaves the partial file (a checkpoint's)  */
 };
 
 struct sr_h5_in {
@@ -182,9 +200,10 @@ static char *dir_of(const char *path) {
   return dir;
 }
 
-/* Opens group `name` of `file`, creating it and any missing parents. Collective on an output
- * file (every rank creates the same groups). */
-static sr_status ensure_group(hid_t file, const char *fname, const char *name, hid_t *out) {
+/* Opens group `name` of `file`, creating it and any missing parents with creation property
+ * list gcpl. Collective on an output file (every rank creates the same groups). */
+static sr_status ensure_group(hid_t file, hid_t gcpl, const char *fname, const char *name,
+                              hid_t *out) {
   *out = H5I_INVALID_HID;
   char buf[256];
   if (snprintf(buf, sizeof buf, "%s", name) >= (int)sizeof buf)
@@ -197,7 +216,7 @@ static sr_status ensure_group(hid_t file, const char *fname, const char *name, h
     htri_t ex = H5Lexists(file, buf, H5P_DEFAULT);
     if (ex < 0) return h5_fail(SR_ERR_IO, fname, buf, "H5Lexists");
     if (!ex) {
-      hid_t g = H5Gcreate2(file, buf, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      hid_t g = H5Gcreate2(file, buf, H5P_DEFAULT, gcpl, H5P_DEFAULT);
       if (g < 0) return h5_fail(SR_ERR_IO, fname, buf, "H5Gcreate2");
       H5Gclose(g);
     }
@@ -218,7 +237,7 @@ static sr_status open_target(sr_h5_out *f, int layer, hid_t *out) {
     return SR_OK;
   }
   snprintf(name, sizeof name, "/layers/%d", layer);
-  return ensure_group(f->file, f->partial, name, out);
+  return ensure_group(f->file, f->gcpl, f->partial, name, out);
 }
 
 /* Writes a scalar attribute, replacing one of the same name. */
@@ -308,9 +327,11 @@ static sr_status check_runs(const char *fname, const char *obj, int64_t n,
 }
 
 /* Opens dataset `name` below group `g` if it exists (checking class, size and shape), else
- * creates it with `ftype` and `dims`. Collective on an output file. */
-static sr_status open_or_create(hid_t g, const char *fname, const char *obj, const char *name,
-                                hid_t ftype, int ndims, const hsize_t *dims, hid_t *out) {
+ * creates it with `ftype`, `dims` and creation property list dcpl. Collective on an output
+ * file. */
+static sr_status open_or_create(hid_t g, hid_t dcpl, const char *fname, const char *obj,
+                                const char *name, hid_t ftype, int ndims, const hsize_t *dims,
+                                hid_t *out) {
   sr_status st = SR_OK;
   hid_t space = H5I_INVALID_HID, type = H5I_INVALID_HID;
   *out = H5I_INVALID_HID;
@@ -321,7 +342,7 @@ static sr_status open_or_create(hid_t g, const char *fname, const char *obj, con
       st = h5_fail(SR_ERR_IO, fname, obj, "H5Screate_simple");
       goto done;
     }
-    *out = H5Dcreate2(g, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    *out = H5Dcreate2(g, name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     if (*out < 0) st = h5_fail(SR_ERR_IO, fname, obj, "H5Dcreate2");
     goto done;
   }
@@ -363,10 +384,38 @@ done:
 static void out_free(sr_h5_out *f) {
   if (!f) return;
   if (f->dxpl >= 0) H5Pclose(f->dxpl);
+  if (f->gcpl >= 0) H5Pclose(f->gcpl);
+  if (f->dcpl >= 0) H5Pclose(f->dcpl);
   if (f->comm != MPI_COMM_NULL) MPI_Comm_free(&f->comm);
   free(f->path);
   free(f->partial);
+  free(f->reserve);
   free(f);
+}
+
+/* Collective. Rank 0 allocates the reserve file (see the invariants); its failure is agreed:
+ * a disk without 1 MiB to spare fails here, before any data is written. */
+static sr_status reserve_make(sr_h5_out *f) {
+  sr_status st = SR_OK;
+  if (f->rank == 0 && !f->reserved) {
+    int fd = open(f->reserve, O_WRONLY | O_CREAT | O_TRUNC, 0644), rc = 0;
+    /* Allocated blocks, not data: no fsync (after a crash the reserve is made anew). */
+    if (fd < 0 || (rc = posix_fallocate(fd, 0, SR_H5_RESERVE_BYTES)) != 0)
+      st = sr__seterr(SR_ERR_IO, "%s: cannot hold %d MiB of space for closing the output: %s",
+                      f->reserve, SR_H5_RESERVE_BYTES >> 20, strerror(fd < 0 || !rc ? errno : rc));
+    if (fd >= 0) close(fd);
+    if (st != SR_OK) unlink(f->reserve);
+    else f->reserved = true;
+  }
+  return agree(f->comm, f->rank, f->nranks, st);
+}
+
+/* Collective. Rank 0 gives the reserve back (before a flush or close), then everyone waits for
+ * it, so that no rank writes metadata before the space is free. */
+static void reserve_free(sr_h5_out *f) {
+  if (f->rank == 0 && f->reserved && f->reserve) unlink(f->reserve);
+  f->reserved = false;
+  MPI_Barrier(f->comm);
 }
 
 /* Rank 0: may the output be created? Removes a stale partial file. */
@@ -395,49 +444,85 @@ static sr_status out_precheck(const sr_h5_out *f) {
   if (st == SR_OK && unlink(f->partial) != 0 && errno != ENOENT)
     st = sr__seterr(SR_ERR_IO, "%s: cannot remove stale partial output: %s", f->partial,
                     strerror(errno));
+  if (st == SR_OK) unlink(f->reserve);
   free(dir);
   return st;
 }
 
-sr_status sr_h5_out_create(sr_h5_out **fp, MPI_Comm comm, const char *path, bool overwrite,
-                           const char *config_yaml, uint64_t config_hash) {
+/* A handle with its communicator, names and property lists; no file yet. Collective (the
+ * communicator is duplicated). On a local failure *fp still holds the handle when its
+ * communicator exists, so that the caller can agree on the status before freeing it. */
+static sr_status out_new(sr_h5_out **fp, MPI_Comm comm, const char *path, const char *partial,
+                         bool overwrite) {
   *fp = NULL;
   setup_error_reporting();
   sr_h5_out *f = calloc(1, sizeof *f);
   if (!f) return sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 output handle)");
   f->comm = MPI_COMM_NULL;
-  f->file = H5I_INVALID_HID;
-  f->dxpl = H5I_INVALID_HID;
+  f->file = f->dxpl = f->gcpl = f->dcpl = H5I_INVALID_HID;
   f->overwrite = overwrite;
   sr_status st = comm_setup(comm, &f->comm, &f->rank, &f->nranks);
   if (st != SR_OK) {
     out_free(f);
     return st;
   }
+  *fp = f;
+  if (!path || !path[0]) return sr__seterr(SR_ERR_IO, "output path is empty");
+  size_t len = strlen(path);
+  f->path = sr__strdup(path);
+  f->partial = partial ? sr__strdup(partial) : malloc(len + sizeof ".partial");
+  if (!f->path || !f->partial) return sr__seterr(SR_ERR_NOMEM, "out of memory (output path)");
+  if (!partial) snprintf(f->partial, len + sizeof ".partial", "%s.partial", path);
+  size_t plen = strlen(f->partial) + sizeof ".reserve";
+  if (!(f->reserve = malloc(plen))) return sr__seterr(SR_ERR_NOMEM, "out of memory (output path)");
+  snprintf(f->reserve, plen, "%s.reserve", f->partial);
+  /* Collective transfers; groups and datasets without modification times (reproducible). */
+  if ((f->dxpl = H5Pcreate(H5P_DATASET_XFER)) < 0 ||
+      H5Pset_dxpl_mpio(f->dxpl, H5FD_MPIO_COLLECTIVE) < 0 ||
+      (f->gcpl = H5Pcreate(H5P_GROUP_CREATE)) < 0 || H5Pset_obj_track_times(f->gcpl, false) < 0 ||
+      (f->dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 || H5Pset_obj_track_times(f->dcpl, false) < 0)
+    return h5_fail(SR_ERR_IO, path, NULL, "property lists");
+  return SR_OK;
+}
+
+/* File access with MPI-IO; metadata is read and written collectively (every output call is
+ * collective, so no rank ever does metadata I/O on its own). Caller closes. */
+static hid_t out_fapl(const sr_h5_out *f) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  if (fapl < 0) return fapl;
+  if (H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL) < 0 ||
+      H5Pset_all_coll_metadata_ops(fapl, true) < 0 || H5Pset_coll_metadata_write(fapl, true) < 0) {
+    H5Pclose(fapl);
+    return H5I_INVALID_HID;
+  }
+  return fapl;
+}
+
+sr_status sr_h5_out_create(sr_h5_out **fp, MPI_Comm comm, const char *path, bool overwrite,
+                           const char *config_yaml, uint64_t config_hash) {
+  return sr_h5_out_create_at(fp, comm, path, NULL, overwrite, config_yaml, config_hash);
+}
+
+sr_status sr_h5_out_create_at(sr_h5_out **fp, MPI_Comm comm, const char *path,
+                              const char *partial, bool overwrite, const char *config_yaml,
+                              uint64_t config_hash) {
+  *fp = NULL;
+  sr_h5_out *f = NULL;
+  sr_status st = out_new(&f, comm, path, partial, overwrite);
+  if (!f) return st;
+  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) {
+    out_free(f);
+    return st;
+  }
 
   hid_t fapl = H5I_INVALID_HID, root = H5I_INVALID_HID;
-  /* Local preparation, then rank 0's file-system verdict, agreed by everyone. */
-  if (!path || !path[0]) {
-    st = sr__seterr(SR_ERR_IO, "output path is empty");
-  } else {
-    size_t len = strlen(path);
-    f->path = sr__strdup(path);
-    f->partial = malloc(len + sizeof ".partial");
-    if (!f->path || !f->partial) st = sr__seterr(SR_ERR_NOMEM, "out of memory (output path)");
-    else snprintf(f->partial, len + sizeof ".partial", "%s.partial", path);
-  }
-  if (st == SR_OK && f->rank == 0) st = out_precheck(f);
+  /* Rank 0's file-system verdict, agreed by everyone. */
+  if (f->rank == 0) st = out_precheck(f);
   if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
+  if ((st = reserve_make(f)) != SR_OK) goto fail;
 
-  /* Collective create with MPI-IO; metadata is read and written collectively (every later
-   * output call is collective, so no rank ever does metadata I/O on its own). */
-  if ((fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 ||
-      H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL) < 0 ||
-      H5Pset_all_coll_metadata_ops(fapl, true) < 0 || H5Pset_coll_metadata_write(fapl, true) < 0)
+  if ((fapl = out_fapl(f)) < 0)
     st = h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
-  else if ((f->dxpl = H5Pcreate(H5P_DATASET_XFER)) < 0 ||
-           H5Pset_dxpl_mpio(f->dxpl, H5FD_MPIO_COLLECTIVE) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "transfer property list");
   else if ((f->file = H5Fcreate(f->partial, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0)
     st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fcreate");
   if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
@@ -461,14 +546,98 @@ sr_status sr_h5_out_create(sr_h5_out **fp, MPI_Comm comm, const char *path, bool
 
 fail:
   if (fapl >= 0) H5Pclose(fapl);
+  reserve_free(f);
   if (f->file >= 0) {
     H5Fclose(f->file);
     f->file = H5I_INVALID_HID;
     if (f->rank == 0) unlink(f->partial);
   }
+  H5Eclear2(H5E_DEFAULT);
   MPI_Barrier(f->comm);
   out_free(f);
   return st;
+}
+
+sr_status sr_h5_out_open_at(sr_h5_out **fp, MPI_Comm comm, const char *path, const char *partial,
+                            bool overwrite) {
+  *fp = NULL;
+  sr_h5_out *f = NULL;
+  sr_status st = out_new(&f, comm, path, partial, overwrite);
+  if (!f) return st;
+  st = agree(f->comm, f->rank, f->nranks, st);
+  if (st == SR_OK) st = sr_h5_out_reopen(f);
+  if (st != SR_OK) {
+    out_free(f);
+    return st;
+  }
+  *fp = f;
+  return SR_OK;
+}
+
+sr_status sr_h5_out_suspend(sr_h5_out *f) {
+  SR_ASSERT(f != NULL);
+  if (f->file < 0) return SR_OK;
+  /* H5Fflush ends in MPI_File_sync: the bytes are on storage when the close returns. */
+  sr_status st = SR_OK;
+  reserve_free(f);
+  if (H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
+    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
+  if (H5Fclose(f->file) < 0 && st == SR_OK) st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
+  f->file = H5I_INVALID_HID;
+  H5Eclear2(H5E_DEFAULT);
+  return agree(f->comm, f->rank, f->nranks, st);
+}
+
+sr_status sr_h5_out_reopen(sr_h5_out *f) {
+  SR_ASSERT(f != NULL);
+  if (f->file >= 0) return SR_OK;
+  sr_status st = reserve_make(f);
+  if (st != SR_OK) return st;
+  hid_t fapl = out_fapl(f);
+  if (fapl < 0) st = h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
+  else if ((f->file = H5Fopen(f->partial, H5F_ACC_RDWR, fapl)) < 0)
+    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fopen");
+  if (fapl >= 0) H5Pclose(fapl);
+  st = agree(f->comm, f->rank, f->nranks, st);
+  if (st != SR_OK) {
+    reserve_free(f);
+    if (f->file >= 0) H5Fclose(f->file);
+    f->file = H5I_INVALID_HID;
+  }
+  H5Eclear2(H5E_DEFAULT);
+  return st;
+}
+
+const char *sr_h5_out_partial(const sr_h5_out *f) { return f ? f->partial : ""; }
+
+void sr_h5_out_set_keep(sr_h5_out *f, bool keep) {
+  if (f) f->keep = keep;
+}
+
+sr_status sr_h5_out_extent(sr_h5_out *f, int layer, const char *name, uint64_t *offset,
+                           uint64_t *bytes) {
+  SR_ASSERT(f != NULL && f->file >= 0 && name != NULL);
+  *offset = 0;
+  *bytes = 0;
+  char obj[160];
+  snprintf(obj, sizeof obj, "/layers/%d/%s", layer, name);
+  sr_status st = SR_OK;
+  hid_t d = H5Dopen2(f->file, obj, H5P_DEFAULT);
+  if (d < 0) {
+    st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Dopen2");
+  } else {
+    haddr_t a = H5Dget_offset(d);
+    hsize_t n = H5Dget_storage_size(d);
+    if (n > 0 && a == HADDR_UNDEF)
+      st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: raw data is not contiguous", f->partial, obj);
+    else if (n > 0) {
+      *offset = (uint64_t)a;
+      *bytes = (uint64_t)n;
+    }
+    H5Dclose(d);
+  }
+  H5Eclear2(H5E_DEFAULT);
+  return agree(f->comm, f->rank, f->nranks, st);
 }
 
 sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads, int64_t n,
@@ -494,7 +663,8 @@ sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads,
   hsize_t dims[3] = {(hsize_t)heads, (hsize_t)n, (hsize_t)d};
   hsize_t mdims[3] = {(hsize_t)heads, (hsize_t)nruns * (hsize_t)run_len, (hsize_t)d};
   st = open_target(f, layer, &g);
-  if (st == SR_OK) st = open_or_create(g, f->partial, obj, name, H5T_IEEE_F32LE, ndims, dims, &dset);
+  if (st == SR_OK)
+    st = open_or_create(g, f->dcpl, f->partial, obj, name, H5T_IEEE_F32LE, ndims, dims, &dset);
   if (st == SR_OK && ((fspace = H5Dget_space(dset)) < 0 ||
                       select_runs(fspace, heads, d, run_starts, nruns, run_len) < 0))
     st = h5_fail(SR_ERR_IO, f->partial, obj, "file selection");
@@ -600,14 +770,16 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
 
   hsize_t ptr_dims[1] = {(hsize_t)rows_global + 1}, idx_dims[1] = {(hsize_t)nnz_total};
   hsize_t nnz_local[1] = {(hsize_t)sel->nnz};
-  st = ensure_group(f->file, f->partial, grp, &g);
+  st = ensure_group(f->file, f->gcpl, f->partial, grp, &g);
   if (st == SR_OK) {
     char ptr_obj[112];
     snprintf(ptr_obj, sizeof ptr_obj, "%s/indptr", grp);
-    st = open_or_create(g, f->partial, ptr_obj, "indptr", H5T_STD_I64LE, 1, ptr_dims, &dptr);
+    st = open_or_create(g, f->dcpl, f->partial, ptr_obj, "indptr", H5T_STD_I64LE, 1, ptr_dims,
+                        &dptr);
   }
   if (st == SR_OK)
-    st = open_or_create(g, f->partial, obj, "indices", H5T_STD_I32LE, 1, idx_dims, &didx);
+    st = open_or_create(g, f->dcpl, f->partial, obj, "indices", H5T_STD_I32LE, 1, idx_dims,
+                        &didx);
   if (st == SR_OK) st = attr_i64_at(g, f->partial, grp, "q_heads", p->q_heads);
   if (st == SR_OK) st = attr_i64_at(g, f->partial, grp, "nqb", p->nqb_global);
   if (st == SR_OK) st = attr_i64_at(g, f->partial, grp, "nkb", p->nkb_global);
@@ -696,6 +868,18 @@ sr_status sr_h5_attr_string(sr_h5_out *f, int layer, const char *name, const cha
   return agree(f->comm, f->rank, f->nranks, st);
 }
 
+sr_status sr_h5_attr_u64(sr_h5_out *f, int layer, const char *name, uint64_t value) {
+  SR_ASSERT(f != NULL && name != NULL);
+  hid_t g = H5I_INVALID_HID;
+  char obj[64];
+  snprintf(obj, sizeof obj, layer < 0 ? "/" : "/layers/%d", layer);
+  sr_status st = open_target(f, layer, &g);
+  if (st == SR_OK)
+    st = attr_write(g, f->partial, obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
+  if (g >= 0) H5Gclose(g);
+  return agree(f->comm, f->rank, f->nranks, st);
+}
+
 /* Rank 0: moves the finished partial file to its final name. Without overwrite, link() refuses
  * a <path> that appeared since create (EEXIST); file systems without hard links fall back to a
  * check then rename(). */
@@ -731,11 +915,17 @@ static sr_status out_publish(const sr_h5_out *f) {
 
 sr_status sr_h5_out_commit(sr_h5_out *f) {
   SR_ASSERT(f != NULL);
-  sr_status st = SR_OK;
+  sr_status st = sr_h5_out_reopen(f);
   hid_t root = H5I_INVALID_HID;
   int32_t one = 1;
+  if (st != SR_OK) {
+    sr_h5_out_release(f, !f->keep);
+    return st;
+  }
 
-  /* `complete` is the last thing written: a reader that sees it sees every dataset. */
+  /* `complete` is the last thing written: a reader that sees it sees every dataset. The
+   * reserve goes first: what follows are the last metadata writes and the close. */
+  reserve_free(f);
   if ((root = H5Gopen2(f->file, "/", H5P_DEFAULT)) < 0)
     st = h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
   if (st == SR_OK)
@@ -754,9 +944,11 @@ sr_status sr_h5_out_commit(sr_h5_out *f) {
   f->file = H5I_INVALID_HID;
   if (st == SR_OK) st = agree(f->comm, f->rank, f->nranks, close_st);
 
+  /* Test failpoint: the file is complete and closed, not yet under its final name. */
+  if (st == SR_OK) sr_ckpt_point("commit_closed", -1, f->rank);
   if (f->rank == 0) {
     if (st == SR_OK) st = out_publish(f);
-    else unlink(f->partial);
+    else if (!f->keep) unlink(f->partial);
   }
   /* Rank 0 has the last word (its rename); the others pass on the status agreed so far. */
   st = agree(f->comm, f->rank, f->nranks, st);
@@ -765,12 +957,15 @@ sr_status sr_h5_out_commit(sr_h5_out *f) {
   return st;
 }
 
-void sr_h5_out_abort(sr_h5_out *f) {
+void sr_h5_out_abort(sr_h5_out *f) { sr_h5_out_release(f, true); }
+
+void sr_h5_out_release(sr_h5_out *f, bool remove_partial) {
   if (!f) return;
+  reserve_free(f);
   if (f->file >= 0) H5Fclose(f->file);
   f->file = H5I_INVALID_HID;
   H5Eclear2(H5E_DEFAULT);
-  if (f->rank == 0) unlink(f->partial);
+  if (f->rank == 0 && remove_partial) unlink(f->partial);
   MPI_Barrier(f->comm);
   out_free(f);
 }
@@ -997,6 +1192,86 @@ sr_status sr_h5_read_head_rows(sr_h5_in *f, int layer, char which, int head, int
   if (mspace >= 0) H5Sclose(mspace);
   if (fspace >= 0) H5Sclose(fspace);
   return st;
+}
+
+/* Rank 0: hashes into *h one dataset's identity (its on-disk type, encoded, and its shape) and
+ * the raw on-disk bytes of SR_FP_ROWS positions (every head, every element of a row): the first,
+ * the last and the rest spread by a hash of (layer, which, i). */
+#define SR_FP_ROWS 16
+static sr_status fingerprint_dataset(sr_h5_in *f, int l, int w, uint64_t *h) {
+  sr_status st = SR_OK;
+  hid_t dset = f->dset[3 * l + w], type = H5I_INVALID_HID, fspace = H5I_INVALID_HID;
+  hid_t mspace = H5I_INVALID_HID;
+  unsigned char *buf = NULL;
+  char obj[64];
+  snprintf(obj, sizeof obj, "/layers/%d/%c", l, sr__which[w]);
+  size_t enc_len = 0;
+  if ((type = H5Dget_type(dset)) < 0 || H5Tencode(type, NULL, &enc_len) < 0) {
+    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Tencode");
+    goto done;
+  }
+  size_t esize = H5Tget_size(type);
+  const int64_t n = f->n, heads = f->heads[w], d = f->d;
+  size_t cap = enc_len + (size_t)heads * SR_FP_ROWS * (size_t)d * esize + 64;
+  if (!(buf = malloc(cap))) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory (input fingerprint)");
+    goto done;
+  }
+  if (H5Tencode(type, buf, &enc_len) < 0) {
+    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Tencode");
+    goto done;
+  }
+  int64_t shape[3] = {heads, n, d};
+  *h = sr_xxh64(buf, enc_len, *h) ^ sr_xxh64(shape, sizeof shape, (uint64_t)(3 * l + w));
+  if ((fspace = H5Dget_space(dset)) < 0 || H5Sselect_none(fspace) < 0) {
+    st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
+    goto done;
+  }
+  for (int i = 0; i < SR_FP_ROWS && n > 0; i++) {
+    uint64_t key[2] = {(uint64_t)(3 * l + w), (uint64_t)i};
+    int64_t pos = i == 0   ? 0
+                  : i == 1 ? n - 1
+                           : (int64_t)(sr_xxh64(key, sizeof key, 7) % (uint64_t)n);
+    hsize_t start[3] = {0, (hsize_t)pos, 0}, one[3] = {1, 1, 1};
+    hsize_t block[3] = {(hsize_t)heads, 1, (hsize_t)d};
+    if (H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, NULL, one, block) < 0) {
+      st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
+      goto done;
+    }
+  }
+  hssize_t npts = H5Sget_select_npoints(fspace);
+  hsize_t mdims[1] = {(hsize_t)(npts > 0 ? npts : 1)};
+  if (npts > 0) {
+    /* The file type as the memory type: the bytes as stored, no conversion. Elements arrive in
+     * the file's row-major order of the selection, whatever order it was built in. */
+    if ((mspace = H5Screate_simple(1, mdims, NULL)) < 0 ||
+        H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, buf) < 0) {
+      st = h5_fail(SR_ERR_IO, f->path, obj, "H5Dread");
+      goto done;
+    }
+    *h = sr_xxh64(buf, (size_t)npts * esize, *h);
+  }
+done:
+  free(buf);
+  if (mspace >= 0) H5Sclose(mspace);
+  if (fspace >= 0) H5Sclose(fspace);
+  if (type >= 0) H5Tclose(type);
+  return st;
+}
+
+sr_status sr_h5_in_fingerprint(sr_h5_in *f, uint64_t *fp) {
+  SR_ASSERT(f != NULL && fp != NULL);
+  uint64_t h = 0x5352494e50555431ull; /* "SRINPUT1" */
+  sr_status st = SR_OK;
+  if (f->rank == 0)
+    for (int l = 0; st == SR_OK && l < f->layers; l++)
+      for (int w = 0; st == SR_OK && w < 3; w++) st = fingerprint_dataset(f, l, w, &h);
+  H5Eclear2(H5E_DEFAULT);
+  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) return st;
+  int rc = MPI_Bcast(&h, 1, MPI_UINT64_T, 0, f->comm);
+  if (rc != MPI_SUCCESS) return agree(f->comm, f->rank, f->nranks, mpi_fail(rc, "MPI_Bcast"));
+  *fp = h;
+  return SR_OK;
 }
 
 void sr_h5_in_close(sr_h5_in *f) {

@@ -1,7 +1,7 @@
 /*
  * sr_h5.h — parallel HDF5 (collective MPI-IO) output and input of sharded rows.
  *
- * Output file layout (docs/HDF5.md is the exact schema):
+ * Output file layout (docs/HDF5.md is the exact schema; docs/CHECKPOINT.md the checkpoint):
  *   /                         attrs: format = "sparsering-1", version, config (YAML text),
  *                                    config_hash (u64), complete (int, 1, written last)
  *   /layers/<l>/out           float32 [q_heads][N][d]
@@ -9,7 +9,8 @@
  *   /layers/<l>/selection/indptr  int64 [q_heads*nqb + 1]  CSR over rows r = h*nqb + m
  *   /layers/<l>/selection/indices int32 [nnz]              global key-block ids, ascending
  *   /layers/<l>/selection     attrs: q_heads, nqb, nkb, block_q, block_k (int64)
- *   /layers/<l>               attrs: metrics (numeric attributes) and metrics_json (string)
+ *   /layers/<l>               attrs: metrics (numeric attributes), metrics_json (string),
+ *                                    checksum (u64, sr_ckpt_checksums)
  * Strings are variable-length UTF-8; `version` is the library version (sr_version()).
  * The file is written as "<path>.partial" (a stale one is replaced) and renamed to <path> only
  * after every rank closed it successfully; on failure the partial file is removed. An existing
@@ -39,6 +40,27 @@ typedef struct sr_h5_in sr_h5_in;
  * creates "<path>.partial" with MPI-IO and writes the root attributes except `complete`. */
 sr_status sr_h5_out_create(sr_h5_out **f, MPI_Comm comm, const char *path, bool overwrite,
                            const char *config_yaml, uint64_t config_hash);
+/* Collective. The same, building the file at `partial` instead of "<path>.partial" (NULL: that
+ * default); the checkpoint uses "<path>.partial.d/data.h5". */
+sr_status sr_h5_out_create_at(sr_h5_out **f, MPI_Comm comm, const char *path,
+                              const char *partial, bool overwrite, const char *config_yaml,
+                              uint64_t config_hash);
+/* Collective. A handle for an existing partial file (a resumed checkpoint), opened read-write. */
+sr_status sr_h5_out_open_at(sr_h5_out **f, MPI_Comm comm, const char *path, const char *partial,
+                            bool overwrite);
+/* Collective. Flushes (H5Fflush, i.e. MPI_File_sync) and closes the file, keeping the handle:
+ * the file on disk is then a consistent HDF5 file. No-op when already suspended. */
+sr_status sr_h5_out_suspend(sr_h5_out *f);
+/* Collective. Reopens a suspended file read-write. No-op when open. */
+sr_status sr_h5_out_reopen(sr_h5_out *f);
+/* The name of the file being built. */
+const char *sr_h5_out_partial(const sr_h5_out *f);
+/* Keep the partial file when a commit fails (a checkpoint resumes it); default: removed. */
+void sr_h5_out_set_keep(sr_h5_out *f, bool keep);
+/* Collective. Byte offset and size of the raw data of /layers/<layer>/<name> in the file
+ * (contiguous storage); both 0 for a dataset without storage (zero elements). */
+sr_status sr_h5_out_extent(sr_h5_out *f, int layer, const char *name, uint64_t *offset,
+                           uint64_t *bytes);
 
 /* Collective. Writes this rank's rows of a [heads][N][d] dataset (d = 0: [heads][N]) at
  * /layers/<layer>/<name>. The rank's rows are nruns runs of run_len positions starting at
@@ -56,12 +78,16 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
  * the root group (layer < 0). */
 sr_status sr_h5_attr_double(sr_h5_out *f, int layer, const char *name, double value);
 sr_status sr_h5_attr_string(sr_h5_out *f, int layer, const char *name, const char *value);
+sr_status sr_h5_attr_u64(sr_h5_out *f, int layer, const char *name, uint64_t value);
 
-/* Collective. Marks complete, closes, renames <path>.partial to <path> (rank 0) and barriers.
- * Frees f whatever the outcome. */
+/* Collective. Marks complete, closes, renames the partial file to <path> (rank 0) and barriers
+ * (a suspended file is reopened first). Frees f whatever the outcome. */
 sr_status sr_h5_out_commit(sr_h5_out *f);
 /* Collective. Closes and removes the partial file; frees f. Safe with f == NULL. */
 void sr_h5_out_abort(sr_h5_out *f);
+/* Collective. Closes the file (errors ignored), removes it only when remove_partial; frees f.
+ * Safe with f == NULL. */
+void sr_h5_out_release(sr_h5_out *f, bool remove_partial);
 
 /* Collective. Opens an input file and checks that every layer < cfg->layers has q
  * [q_heads][N][d], k and v [kv_heads][N][d] in float32 or float16. The message names the
@@ -75,6 +101,11 @@ sr_status sr_h5_read_rows(sr_h5_in *f, int layer, char which, int heads, const i
  * out[count][d] — used by the verifier. */
 sr_status sr_h5_read_head_rows(sr_h5_in *f, int layer, char which, int head, int64_t pos0,
                                int64_t count, float *out);
+/* Collective. A 64-bit fingerprint of the input (same value on every rank): for every layer and
+ * q, k, v the on-disk type and shape, and the raw bytes of 16 positions (all heads), the first
+ * and last among them. Another input file gives another fingerprint with near certainty; an
+ * edit of rows outside the sample is not seen (it guards resumes, not against tampering). */
+sr_status sr_h5_in_fingerprint(sr_h5_in *f, uint64_t *fp);
 void sr_h5_in_close(sr_h5_in *f);
 
 #endif

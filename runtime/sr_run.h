@@ -44,9 +44,22 @@ typedef struct sr_run_result {
   sr_layer_result *layer; /* [layers], owned */
   double wall_s;
   char *rank_map;         /* "rank 0: host (threads 1)\n..." owned, rank 0 only */
+  /* checkpoint (docs/CHECKPOINT.md) */
+  char *ckpt_dir;         /* "<output.path>.partial.d" when checkpointing, owned              */
+  int layers_resumed;     /* layers found done in the checkpoint (not recomputed)           */
+  int stop_signal;        /* SIGTERM / SIGUSR1 that stopped the run at a layer boundary, or 0 */
+  int stopped_at;         /* the first layer not computed when stopped                      */
+  int layers_kept;        /* layers in the checkpoint left for --resume when stopped        */
+  double ckpt_s;          /* seconds closing, snapshotting and recording layers             */
+  double ckpt_hash_s;     /* seconds computing the layers' checksums                        */
+  uint64_t ckpt_bytes;    /* bytes of snapshots, unit files and manifests written           */
+  double resume_s;        /* seconds restoring and verifying the checkpoint                 */
+  uint64_t resume_bytes;  /* bytes of completed layers re-verified                          */
 } sr_run_result;
 
-/* Runs cfg on the world. Results are complete on rank 0 (times and sums are reduced). */
+/* Runs cfg on the world. Results are complete on rank 0 (times and sums are reduced). A run
+ * stopped by a signal (stop_signal != 0) returns SR_OK on every rank with its checkpoint kept;
+ * the caller exits with SR_EXIT_INTERRUPTED. */
 sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res);
 void sr_run_result_free(sr_run_result *res);
 
