@@ -230,7 +230,7 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   r->blocks_fetched = s.x.items_recv;
   r->bytes_dense_ring = (p->nranks > 1 ? (uint64_t)(p->nranks - 1) : 0) * 2u *
                         (uint64_t)p->kv_heads * (uint64_t)p->n_local * (uint64_t)p->d *
-                        sizeof(float);
+                        be->elem_bytes;
   r->pairs_computed = s.att.pairs_computed;
   r->nnz_blocks = (uint64_t)s.sel.nnz;
   r->top_chunks = s.sel.top_chunks;
@@ -441,7 +441,7 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
   const sr_backend *be = NULL;
   if (cfg->backend != SR_BACKEND_CPU) be = sr_backend_cuda(w->local_rank);
   if (!be && cfg->backend == SR_BACKEND_CUDA)
-    st = sr__seterr(SR_ERR_BACKEND, "%s", sr_last_error());
+    st = SR_ERR_BACKEND; /* sr_backend_cuda() set the message */
   int want_cuda = be != NULL, all_cuda = 0;
   if (st == SR_OK &&
       MPI_Allreduce(&want_cuda, &all_cuda, 1, MPI_INT, MPI_MIN, w->comm) != MPI_SUCCESS)
