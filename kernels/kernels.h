@@ -96,6 +96,14 @@ typedef struct sr_backend {
                          const int32_t *keep_host, int K, int32_t *idx_host);
 } sr_backend;
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Checks the shapes and CSR of attn_fwd arguments (host arrays), serially, so that a backend's
+ * parallel part cannot fail on input: SR_ERR_SHAPE / SR_ERR_INTERNAL with a one-line message. */
+sr_status sr__attn_args_check(const sr_attn_args *a);
+
 /* The CPU backend (always available). */
 const sr_backend *sr_backend_cpu(void);
 
@@ -106,5 +114,9 @@ const sr_backend *sr_backend_cuda(int local_rank);
 
 /* Threads used by the CPU backend (OpenMP); 0 means the OpenMP default. */
 void sr_cpu_set_threads(int threads);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -203,40 +203,9 @@ static void attn_row(const sr_attn_args *a, int h, int64_t mb, int64_t bqp, floa
   }
 }
 
-/* Shapes and CSR sanity, checked serially so that the threaded part cannot fail on input. */
-static sr_status attn_check(const sr_attn_args *a) {
-  if (!a) return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL arguments");
-  if (a->q_heads <= 0 || a->d <= 0 || a->bq <= 0 || a->bk <= 0 || a->nqb < 0 || a->nq < 0)
-    return sr__seterr(SR_ERR_SHAPE,
-                      "attn_fwd: bad shape q_heads=%d d=%d bq=%d bk=%d nqb=%d nq=%lld",
-                      a->q_heads, a->d, a->bq, a->bk, a->nqb, (long long)a->nq);
-  if (a->nq > (int64_t)a->nqb * a->bq)
-    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: nq=%lld exceeds nqb*bq=%lld", (long long)a->nq,
-                      (long long)a->nqb * a->bq);
-  if (a->nq == 0 || a->nqb == 0) return SR_OK;
-  if (!a->q || !a->qpos || !a->row_ptr || !a->out || !a->lse)
-    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL q/qpos/row_ptr/out/lse");
-  const int64_t rows = (int64_t)a->q_heads * a->nqb;
-  if (a->row_ptr[0] != 0)
-    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr[0]=%lld, expected 0",
-                      (long long)a->row_ptr[0]);
-  for (int64_t r = 0; r < rows; r++)
-    if (a->row_ptr[r + 1] < a->row_ptr[r])
-      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr decreases at row %lld",
-                        (long long)r);
-  const int64_t nnz = a->row_ptr[rows];
-  if (nnz > 0 && (!a->slot || !a->kpos || !a->k || !a->v))
-    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL slot/kpos/k/v with %lld entries",
-                      (long long)nnz);
-  for (int64_t e = 0; e < nnz; e++)
-    if (a->slot[e] < 0)
-      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: negative slot %d at entry %lld",
-                        (int)a->slot[e], (long long)e);
-  return SR_OK;
-}
 
 sr_status sr__cpu_attn_fwd(const sr_attn_args *a) {
-  SR_TRY(attn_check(a));
+  SR_TRY(sr__attn_args_check(a));
   if (a->nq == 0 || a->nqb == 0) return SR_OK;
   const int64_t rows = (int64_t)a->q_heads * a->nqb;
   const int64_t bqp = sr__cpu_lanes_up(a->bq);
