@@ -308,6 +308,7 @@ char **sr__string_member(sr_config *c, const sr__index *ix, int r) {
 /* Shortest text that reads back (strtod / strtof, as libcyaml does) to the same value, with a
  * ".0" on integral values so that the YAML still reads as a float to other tools. */
 void sr__format_real(char *buf, size_t n, double v, bool single) {
+  if (buf == NULL || n == 0) return;
   if (isnan(v) || isinf(v)) {
     snprintf(buf, n, "%s", isnan(v) ? ".nan" : v > 0 ? ".inf" : "-.inf");
     return;

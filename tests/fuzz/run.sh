@@ -3,12 +3,19 @@
 # CMakeLists.txt) and runs each for SECONDS (default 60) from its corpus in tests/fuzz/corpus/.
 # Zero crashes, leaks aside (Open MPI and HDF5 keep allocations until exit): any crash,
 # sanitizer report or violated property fails, and the input that did it is left in
-# $FUZZ_DIR/artifacts/ (add it to the corpus once fixed). New inputs found go to a scratch
+# $FUZZ_DIR/artifacts/ (default build-fuzz/ in the checkout) (add it to the corpus once fixed). New inputs found go to a scratch
 # copy of the corpus, not into the repository. Needs clang-14 and libclang-rt-14-dev (Debian).
 set -euo pipefail
 secs=${1:-${FUZZ_SECONDS:-60}}
 src=$(cd "$(dirname "$0")" && pwd)
-dir=${FUZZ_DIR:-/tmp/sparsering-fuzz}
+# The build lives in the checkout (build-fuzz/, git-ignored) unless FUZZ_DIR says otherwise; a
+# build folder left by another checkout is started afresh rather than failing in CMake.
+dir=${FUZZ_DIR:-$(cd "$src/../.." && pwd)/build-fuzz}
+if [ -f "$dir/build/CMakeCache.txt" ] &&
+   ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$src" "$dir/build/CMakeCache.txt"; then
+  echo "# fuzz: $dir/build was configured for another source tree; starting it afresh"
+  rm -rf "$dir/build"
+fi
 cc=${FUZZ_CC:-$(command -v clang-14 || command -v clang)}
 [ -n "$cc" ] || { echo "fuzz: no clang (Debian: apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 1; }
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
