@@ -255,9 +255,12 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_tr
   }
   st = cb;
 #undef RING_POST
-out:
-  /* Nothing may still read or write the buffers when they are freed. */
+out:;
+  /* Nothing may still read or write the buffers when they are freed. The wait for the backend
+   * to finish is the end of the compute (asynchronous backends return from fn at once). */
+  double s0 = sr__now();
   if (be->sync() != SR_OK && st == SR_OK) st = sr__seterr(SR_ERR_BACKEND, "backend sync failed");
+  tm.compute_s += sr__now() - s0;
   for (int b = 0; b < 2; b++) {
     be->free(recv[b]);
     be->free(send[b]);

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,10 +248,26 @@ struct sr_ckpt {
   uint64_t file_bytes;
   double cost_s, resume_s;
   uint64_t cost_bytes, resume_bytes;
+  /* The layer closed by sr_ckpt_unit_end and not yet recorded: its data is made durable by a
+   * thread on every rank (fsync of data.h5) while the next layer computes; sr_ckpt_settle
+   * joins it and records the layer. */
+  struct {
+    int layer; /* -1: none */
+    bool threaded; /* else the sync ran in sr_ckpt_unit_end (no thread could be made) */
+    pthread_t thread;
+    sr__extent ext[SR_CK_N];
+    sr_ckpt_sums sums;
+    char *metrics;
+    /* set by the thread */
+    int err;        /* errno of a failed open / fstat / fsync, 0 if none */
+    const char *op; /* which of them failed */
+    uint64_t size;  /* st_size of data.h5 after the sync */
+  } pend;
 };
 
 static void ckpt_free(sr_ckpt *c) {
   if (!c) return;
+  free(c->pend.metrics);
   if (c->metrics)
     for (int l = 0; l < c->o.layers; l++)
       free(c->metrics[l]);
@@ -697,6 +714,7 @@ static sr_status share_state(sr_ckpt *c, int *mode) {
 sr_status sr_ckpt_open(sr_ckpt **cp, MPI_Comm comm, const sr_ckpt_opts *o) {
   *cp = NULL;
   sr_ckpt *c = calloc(1, sizeof *c);
+  if (c) c->pend.layer = -1;
   if (!c) return sr__seterr(SR_ERR_NOMEM, "out of memory (checkpoint)");
   c->comm = MPI_COMM_NULL;
   sr_status st = sr__mpi_check(MPI_Comm_dup(comm, &c->comm), "MPI_Comm_dup", __FILE__, __LINE__);
@@ -786,8 +804,10 @@ sr_status sr_ckpt_open(sr_ckpt **cp, MPI_Comm comm, const sr_ckpt_opts *o) {
 }
 
 sr_status sr_ckpt_unit_begin(sr_ckpt *c, int layer, sr_h5_out **h5) {
-  SR_ASSERT(c != NULL && c->h5 != NULL && layer == c->units_done && layer < c->o.layers);
+  SR_ASSERT(c != NULL && h5 != NULL);
   *h5 = NULL;
+  SR_TRY(sr_ckpt_settle(c)); /* the previous layer is recorded before the file is reopened */
+  SR_ASSERT(c->h5 != NULL && layer == c->units_done && layer < c->o.layers);
   SR_TRY(sr_h5_out_reopen(c->h5));
   *h5 = c->h5;
   return SR_OK;
@@ -862,25 +882,16 @@ static char *manifest_json(const sr_ckpt *c, uint64_t snap_bytes, uint64_t snap_
   return text;
 }
 
-/* Rank 0: after layer l was closed, records it: unit file, snapshot, then the manifest. */
+/* Rank 0: after layer l was closed and data.h5 synced on every rank (file_bytes: its size),
+ * records it: unit file, snapshot, then the manifest. */
 static sr_status record_unit(sr_ckpt *c, int l, const sr_ckpt_sums *s, const char *metrics,
-                             uint64_t *written) {
-  struct stat sb;
+                             uint64_t file_bytes, uint64_t *written) {
   char name[64];
   uint8_t *img = NULL;
   size_t img_len = 0;
   char *ujson = NULL, *mjson = NULL;
   sr_status st = SR_OK;
   *written = 0;
-  /* The size of the closed file (HDF5 truncates it to its end of allocation at close). */
-  int fd = open(c->data, O_RDONLY);
-  if (fd < 0 || fstat(fd, &sb) != 0)
-    st = sr__seterr(SR_ERR_IO, "%s: %s", c->data, strerror(errno));
-  else if (fsync(fd) != 0)
-    st = sr__seterr(SR_ERR_IO, "%s: fsync failed: %s", c->data, strerror(errno));
-  if (fd >= 0) close(fd);
-  if (st != SR_OK) return st;
-  uint64_t file_bytes = (uint64_t)sb.st_size;
 
   if (!(ujson = unit_json(c, l, s, metrics))) {
     st = sr__seterr(SR_ERR_NOMEM, "out of memory (unit file)");
@@ -928,8 +939,30 @@ done:
   return st;
 }
 
+/* The sync thread of every rank: data.h5 to storage (each rank flushes what its node wrote, as
+ * MPI_File_sync does), and its size (HDF5 truncates the file to its end of allocation at close).
+ * No MPI, no HDF5, no error state: the result is read by sr_ckpt_settle after the join. */
+static void *sync_data(void *arg) {
+  sr_ckpt *c = arg;
+  struct stat sb;
+  int fd = open(c->data, O_RDONLY);
+  if (fd < 0) {
+    c->pend.err = errno, c->pend.op = "open";
+    return NULL;
+  }
+  if (fsync(fd) != 0)
+    c->pend.err = errno, c->pend.op = "fsync";
+  else if (fstat(fd, &sb) != 0)
+    c->pend.err = errno, c->pend.op = "fstat";
+  else
+    c->pend.size = (uint64_t)sb.st_size;
+  close(fd);
+  return NULL;
+}
+
 sr_status sr_ckpt_unit_end(sr_ckpt *c, int layer, const sr_ckpt_sums *s, const char *metrics_json) {
   SR_ASSERT(c != NULL && c->h5 != NULL && layer == c->units_done && s != NULL);
+  SR_ASSERT(c->pend.layer < 0);
   double t0 = sr__now();
   sr__extent ext[SR_CK_N];
   memset(ext, 0, sizeof ext);
@@ -942,22 +975,55 @@ sr_status sr_ckpt_unit_end(sr_ckpt *c, int layer, const sr_ckpt_sums *s, const c
   }
   if (st != SR_OK) return st;
   sr_ckpt_point("before_close", layer, c->rank);
-  SR_TRY(sr_h5_out_suspend(c->h5));
+  SR_TRY(sr_h5_out_suspend(c->h5, false));
   sr_ckpt_point("after_close", layer, c->rank);
+  /* The sync goes to a thread, signals blocked in it (the main thread records them). */
+  memcpy(c->pend.ext, ext, sizeof ext);
+  c->pend.sums = *s;
+  free(c->pend.metrics);
+  c->pend.metrics = metrics_json ? sr__strdup(metrics_json) : NULL;
+  c->pend.err = 0;
+  c->pend.op = NULL;
+  c->pend.size = 0;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  c->pend.threaded = pthread_create(&c->pend.thread, NULL, sync_data, c) == 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  c->pend.layer = layer;
+  if (!c->pend.threaded) sync_data(c);
+  c->cost_s += sr__now() - t0;
+  return SR_OK;
+}
+
+sr_status sr_ckpt_settle(sr_ckpt *c) {
+  if (!c || c->pend.layer < 0) return SR_OK;
+  double t0 = sr__now();
+  const int layer = c->pend.layer;
+  if (c->pend.threaded) pthread_join(c->pend.thread, NULL);
+  c->pend.layer = -1;
+  sr_status st = SR_OK;
+  if (c->pend.err)
+    st = sr__seterr(SR_ERR_IO, "%s: %s failed: %s", c->data, c->pend.op, strerror(c->pend.err));
+  st = sr_comm_agree(c->comm, st);
+  if (st != SR_OK) return st;
+  sr_ckpt_point("after_sync", layer, c->rank);
   uint64_t written = 0;
   if (c->rank == 0) {
-    memcpy(&c->ext[(size_t)layer * SR_CK_N], ext, sizeof ext);
-    c->present[layer] = s->present;
-    st = record_unit(c, layer, s, metrics_json, &written);
+    memcpy(&c->ext[(size_t)layer * SR_CK_N], c->pend.ext, sizeof c->pend.ext);
+    c->present[layer] = c->pend.sums.present;
+    st = record_unit(c, layer, &c->pend.sums, c->pend.metrics, c->pend.size, &written);
   }
   st = sr_comm_agree(c->comm, st);
   if (st == SR_OK) {
-    memcpy(&c->ext[(size_t)layer * SR_CK_N], ext, sizeof ext);
-    c->present[layer] = s->present;
+    memcpy(&c->ext[(size_t)layer * SR_CK_N], c->pend.ext, sizeof c->pend.ext);
+    c->present[layer] = c->pend.sums.present;
     c->units_done = layer + 1;
   } else if (c->rank == 0) {
     c->units_done = layer; /* the manifest still names the layers before */
   }
+  free(c->pend.metrics);
+  c->pend.metrics = NULL;
   c->cost_s += sr__now() - t0;
   c->cost_bytes += written;
   return st;
@@ -965,6 +1031,8 @@ sr_status sr_ckpt_unit_end(sr_ckpt *c, int layer, const sr_ckpt_sums *s, const c
 
 sr_status sr_ckpt_commit(sr_ckpt *c) {
   SR_ASSERT(c != NULL && c->h5 != NULL);
+  sr_status sst = sr_ckpt_settle(c);
+  if (sst != SR_OK) return sr_ckpt_close(c, sst);
   sr_ckpt_point("before_commit", c->units_done, c->rank);
   /* complete = 1, flush, close, and data.h5 becomes <path> (a link refuses a <path> that
    * appeared meanwhile unless overwrite). */
@@ -985,6 +1053,14 @@ sr_status sr_ckpt_commit(sr_ckpt *c) {
 
 sr_status sr_ckpt_close(sr_ckpt *c, sr_status st) {
   if (!c) return st;
+  /* A layer closed and synced before the failure is still recorded: its work is kept. */
+  if (c->pend.layer >= 0) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", sr_last_error());
+    sr_status sst = sr_ckpt_settle(c);
+    if (st == SR_OK) st = sst;
+    else sr__seterr(st, "%s", msg); /* the first error is the one reported */
+  }
   int keep = c->units_done > 0;
   if (c->h5) sr_h5_out_release(c->h5, !keep);
   c->h5 = NULL;

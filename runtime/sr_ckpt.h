@@ -17,8 +17,11 @@
  *                      ranks, backend, versions), layers done, size of data.h5 after the last
  *                      one, the snapshot's name and checksum, the unit files' checksums
  * A layer counts as done when manifest.json names it: written last, by an atomic rename, after
- * its data and attributes (checksum included) were written, data.h5 flushed (MPI_File_sync)
- * and closed, and its unit file and snapshot written, synced and renamed into place.
+ * its data and attributes (checksum included) were written, data.h5 closed and synced to
+ * storage by every rank (fsync, what MPI_File_sync does), and its unit file and snapshot
+ * written, synced and renamed into place. The sync runs on a thread of each rank while the next
+ * layer computes (sr_ckpt_unit_end starts it, sr_ckpt_settle joins it and records the layer),
+ * so its cost hides behind the compute; data.h5 is not reopened before the record is done.
  *
  * Why this survives kill -9 at any moment (HDF5 1.10, no SWMR): the raw data of a completed
  * layer is never written again (contiguous datasets do not move), and everything else that a
@@ -123,7 +126,8 @@ typedef struct sr_ckpt_opts {
  * layer. */
 sr_status sr_ckpt_open(sr_ckpt **c, MPI_Comm comm, const sr_ckpt_opts *o);
 
-/* Layers complete before this run (resumed), 0 for a new checkpoint. */
+/* Layers recorded complete: before this run (resumed) plus those settled since; 0 for a new
+ * checkpoint. */
 int sr_ckpt_units_done(const sr_ckpt *c);
 /* The effective config YAML the output carries (for a resumed run: the one of the run that
  * started the checkpoint, from the manifest). Owned by c. */
@@ -134,17 +138,23 @@ const char *sr_ckpt_unit_metrics(const sr_ckpt *c, int layer);
 const char *sr_ckpt_dir(const sr_ckpt *c);
 /* Seconds spent on resume work (restore + verification), and the bytes verified. */
 void sr_ckpt_resume_cost(const sr_ckpt *c, double *seconds, uint64_t *bytes);
-/* Totals of the per-layer checkpoint work so far: seconds in sr_ckpt_unit_end and bytes
- * written besides the data (snapshots, unit files, manifests). */
+/* Totals of the per-layer checkpoint work so far: seconds in sr_ckpt_unit_end and
+ * sr_ckpt_settle (waiting for the sync included) and bytes written besides the data
+ * (snapshots, unit files, manifests). */
 void sr_ckpt_cost(const sr_ckpt *c, double *seconds, uint64_t *bytes);
 
-/* Collective. The output handle for layer `layer` (== units done): data.h5, reopened if it was
- * closed. Owned by c. */
+/* Collective. The output handle for layer `layer` (== units done once the previous layer is
+ * settled, which this does first): data.h5, reopened if it was closed. Owned by c. */
 sr_status sr_ckpt_unit_begin(sr_ckpt *c, int layer, sr_h5_out **h5);
 /* Collective. Layer `layer` has been written to the handle (datasets and attributes): records
- * its extents, flushes and closes data.h5, writes the unit file and snapshot, then the
- * manifest (the completion marker). metrics_json: the layer's metrics (rank 0's is kept). */
+ * its extents, closes data.h5 and starts its sync to storage on a thread of every rank; the
+ * layer is recorded (unit file, snapshot, then the manifest: the completion marker) by
+ * sr_ckpt_settle. metrics_json: the layer's metrics (rank 0's is kept). */
 sr_status sr_ckpt_unit_end(sr_ckpt *c, int layer, const sr_ckpt_sums *s, const char *metrics_json);
+/* Collective. Waits for the sync started by sr_ckpt_unit_end (a failure on any rank is an
+ * error on all) and records that layer; then sr_ckpt_units_done counts it. No-op when no layer
+ * is pending. sr_ckpt_unit_begin, sr_ckpt_commit and sr_ckpt_close settle by themselves. */
+sr_status sr_ckpt_settle(sr_ckpt *c);
 /* Collective. All layers done: marks data.h5 complete, renames it to P (sr_h5_out_commit) and
  * removes the checkpoint directory. Frees c whatever the outcome. */
 sr_status sr_ckpt_commit(sr_ckpt *c);

@@ -119,23 +119,27 @@ sr_status sr_ckpt_checksums(const sr_plan *p, unsigned write_mask, const float *
   SR_ASSERT(p != NULL && p->bq > 0 && p->n_local % p->bq == 0);
   uint64_t local[SR_CK_N] = {0};
   const size_t bq = (size_t)p->bq, d = (size_t)p->d;
-  /* Local q-block m holds local rows [m*bq, (m+1)*bq): granule (h, global q-block). */
-  for (int h = 0; h < p->q_heads; h++)
-    for (int64_t m = 0; m < p->nqb_local; m++) {
-      uint64_t g =
-          (uint64_t)h * (uint64_t)p->nqb_global + (uint64_t)sr_plan_qblock_global(p, p->rank, m);
-      size_t row0 = (size_t)h * (size_t)p->n_local + (size_t)m * bq;
-      if ((write_mask & SR_WRITE_OUT) && out)
-        local[SR_CK_OUT] += sr_xxh64(out + row0 * d, bq * d * sizeof(float), g);
-      if ((write_mask & SR_WRITE_LSE) && lse)
-        local[SR_CK_LSE] += sr_xxh64(lse + row0, bq * sizeof(float), g);
-      if ((write_mask & SR_WRITE_SELECTION) && sel) {
-        int64_t lr = (int64_t)h * p->nqb_local + m;
-        int64_t cnt = sel->row_ptr[lr + 1] - sel->row_ptr[lr];
-        local[SR_CK_INDICES] +=
-            sr_xxh64(sel->col + sel->row_ptr[lr], (size_t)cnt * sizeof(int32_t), g);
-      }
+  /* Local q-block m holds local rows [m*bq, (m+1)*bq): granule (h, global q-block). The sum
+   * mod 2^64 does not depend on the order, so the granules are hashed by all threads. */
+  const int64_t ng = (int64_t)p->q_heads * p->nqb_local;
+  uint64_t s_out = 0, s_lse = 0, s_idx = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s_out, s_lse, s_idx)
+  for (int64_t lr = 0; lr < ng; lr++) {
+    const int64_t h = lr / p->nqb_local, m = lr % p->nqb_local;
+    uint64_t g =
+        (uint64_t)h * (uint64_t)p->nqb_global + (uint64_t)sr_plan_qblock_global(p, p->rank, m);
+    size_t row0 = (size_t)h * (size_t)p->n_local + (size_t)m * bq;
+    if ((write_mask & SR_WRITE_OUT) && out)
+      s_out += sr_xxh64(out + row0 * d, bq * d * sizeof(float), g);
+    if ((write_mask & SR_WRITE_LSE) && lse) s_lse += sr_xxh64(lse + row0, bq * sizeof(float), g);
+    if ((write_mask & SR_WRITE_SELECTION) && sel) {
+      int64_t cnt = sel->row_ptr[lr + 1] - sel->row_ptr[lr];
+      s_idx += sr_xxh64(sel->col + sel->row_ptr[lr], (size_t)cnt * sizeof(int32_t), g);
     }
+  }
+  local[SR_CK_OUT] = s_out;
+  local[SR_CK_LSE] = s_lse;
+  local[SR_CK_INDICES] = s_idx;
   sr_status st = SR_OK;
   if ((write_mask & SR_WRITE_SELECTION) && sel) {
     /* indptr is global: rank 0 gathers every row length, builds it as sr_h5 writes it, and

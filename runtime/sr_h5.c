@@ -574,13 +574,14 @@ sr_status sr_h5_out_open_at(sr_h5_out **fp, MPI_Comm comm, const char *path, con
   return SR_OK;
 }
 
-sr_status sr_h5_out_suspend(sr_h5_out *f) {
+sr_status sr_h5_out_suspend(sr_h5_out *f, bool sync) {
   SR_ASSERT(f != NULL);
   if (f->file < 0) return SR_OK;
-  /* H5Fflush ends in MPI_File_sync: the bytes are on storage when the close returns. */
+  /* H5Fflush ends in MPI_File_sync: the bytes are on storage when the close returns. Without
+   * sync, H5Fclose alone writes HDF5's caches out (to the page cache). */
   sr_status st = SR_OK;
   reserve_free(f);
-  if (H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
+  if (sync && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
     st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
   if (H5Fclose(f->file) < 0 && st == SR_OK) st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
   f->file = H5I_INVALID_HID;

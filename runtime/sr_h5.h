@@ -48,9 +48,12 @@ sr_status sr_h5_out_create_at(sr_h5_out **f, MPI_Comm comm, const char *path,
 /* Collective. A handle for an existing partial file (a resumed checkpoint), opened read-write. */
 sr_status sr_h5_out_open_at(sr_h5_out **f, MPI_Comm comm, const char *path, const char *partial,
                             bool overwrite);
-/* Collective. Flushes (H5Fflush, i.e. MPI_File_sync) and closes the file, keeping the handle:
- * the file on disk is then a consistent HDF5 file. No-op when already suspended. */
-sr_status sr_h5_out_suspend(sr_h5_out *f);
+/* Collective. Flushes HDF5's caches (H5Fflush) and closes the file, keeping the handle: the
+ * file is then a consistent HDF5 file. With sync, the flush ends in MPI_File_sync and the bytes
+ * are on storage on return; without, they may still be in the page cache and the caller makes
+ * them durable (every rank fsyncs the file: sr_ckpt does so in the background). No-op when
+ * already suspended. */
+sr_status sr_h5_out_suspend(sr_h5_out *f, bool sync);
 /* Collective. Reopens a suspended file read-write. No-op when open. */
 sr_status sr_h5_out_reopen(sr_h5_out *f);
 /* The name of the file being built. */

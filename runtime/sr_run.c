@@ -37,8 +37,9 @@
 #include <string.h>
 #include <unistd.h>
 
-const char *const sr_phase_names[SR_PH_COUNT] = {"generate", "summarise", "select", "exchange",
-                                                 "compute",  "verify",    "write",  "total"};
+const char *const sr_phase_names[SR_PH_COUNT] = {
+    "generate", "summarise", "select", "exchange", "compute",
+    "download", "verify",    "write",  "total",    "attention"};
 
 /* Where rows come from, for generation and for the verifier. */
 typedef struct row_source {
@@ -201,6 +202,8 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   st = cfg->method == SR_METHOD_BLOCK_SPARSE
            ? sr_select_block_sparse(p, be, s.q, &s.sum, top_chunks, &s.sel)
            : sr_select_dense(p, &s.sel);
+  /* Device work of the phases above is finished here, so that the ring's time is its own. */
+  if (st == SR_OK) st = be->sync();
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
   r->t[SR_PH_SELECT] = sr__now() - t0;
@@ -209,22 +212,23 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   t0 = sr__now();
   st = sr_xplan_build(&s.x, p, &s.sel, cfg->exchange, w->comm);
   if (st != SR_OK) goto done;
-  double plan_s = sr__now() - t0;
   st = sr_comm_agree(w->comm, sr_attend_init(&s.att, p, be, s.q, &s.sel, &s.x, s.out, s.lse));
   if (st != SR_OK) goto done;
+  double plan_s = sr__now() - t0; /* request lists, per-source block lists (uploaded) */
   sr_ring_times rt = {0};
   st = sr_ring_run(&s.x, p, be, t, s.kv, sr_attend_step, &s.att, &rt,
                    cfg->progress ? 10.0 : 0.0);
-  /* Results to the host for verify and write (waits for the backend to finish). */
+  /* Results to the host for verify and write (the ring has waited for the backend). */
   double c0 = sr__now();
   if (st == SR_OK)
     st = be->copy_out(s.out_h, s.out, (size_t)p->q_heads * (size_t)p->n_local * (size_t)p->d);
   if (st == SR_OK) st = be->copy_out(s.lse_h, s.lse, (size_t)p->q_heads * (size_t)p->n_local);
-  rt.compute_s += sr__now() - c0;
+  r->t[SR_PH_DOWNLOAD] = sr__now() - c0;
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
   r->t[SR_PH_EXCHANGE] = plan_s + rt.exchange_s;
   r->t[SR_PH_COMPUTE] = rt.compute_s;
+  r->t[SR_PH_ATTENTION] = plan_s + rt.exchange_s + rt.compute_s;
   r->bytes_sent = s.x.bytes_sent;
   r->bytes_recv_max = s.x.bytes_recv;
   r->blocks_fetched = s.x.items_recv;
@@ -564,14 +568,17 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     if (st == SR_OK && (h5 || ck)) {
       sr_ckpt_sums sums;
       sr_h5_out *target = h5;
-      double c0 = sr__now(), ck_s = 0;
+      double c0 = sr__now(), ck_s = 0, settle_s = 0;
       if (ck) {
         /* The checksums belong to the checkpoint (a resume re-verifies them): counted in its
          * cost, computed only when checkpointing. */
         st = sr_ckpt_checksums(&plan, cfg->write_mask, s.out_h, s.lse_h, &s.sel, w->comm, l,
                                &sums);
         ck_s = sr__now() - c0;
+        /* Waits for the previous layer's sync (started when it closed) and records it. */
+        double b0 = sr__now();
         if (st == SR_OK) st = sr_ckpt_unit_begin(ck, l, &target);
+        settle_s = sr__now() - b0;
       }
       if (st == SR_OK)
         st = write_layer(fcfg, w, &plan, target, l, &s, res, ck ? &sums : NULL, t0, &metrics);
@@ -579,8 +586,9 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
       if (st == SR_OK && ck) {
         c0 = sr__now();
         st = sr_ckpt_unit_end(ck, l, &sums, metrics);
-        /* The report counts the checkpoint's close, snapshot and manifest as writing. */
-        r->t[SR_PH_WRITE] += sr__now() - c0;
+        /* The report counts the checkpoint's close, the wait for the previous layer's sync and
+         * its record as writing. */
+        r->t[SR_PH_WRITE] += sr__now() - c0 + settle_s;
         r->t[SR_PH_TOTAL] += sr__now() - c0;
         res->ckpt_hash_s += ck_s;
       }
@@ -595,7 +603,17 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
       fflush(stdout);
     }
   }
-  if (ck) sr_ckpt_cost(ck, &res->ckpt_s, &res->ckpt_bytes);
+  if (ck) {
+    /* The last layer's sync and record (the others settled while the next layer computed). */
+    double c0 = sr__now();
+    st = sr_ckpt_settle(ck);
+    if (cfg->layers > done && res->stop_signal == 0) {
+      res->layer[cfg->layers - 1].t[SR_PH_WRITE] += sr__now() - c0;
+      res->layer[cfg->layers - 1].t[SR_PH_TOTAL] += sr__now() - c0;
+    }
+    if (st != SR_OK) goto out;
+    sr_ckpt_cost(ck, &res->ckpt_s, &res->ckpt_bytes);
+  }
   if (res->stop_signal) {
     /* Interrupted: the checkpoint (if any layer is done) stays for --resume. */
     if (ck) {

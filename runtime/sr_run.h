@@ -11,8 +11,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
+/* Phases of a layer. exchange and compute split the ring's time (on a GPU the host sees the
+ * time to enqueue and the final wait, so only their sum is meaningful there); attention is that
+ * sum taken on each rank before the max over ranks (the ring's wall time, the figure behind
+ * GFLOP/s); download is the copy of out/lse to the host (GPU; a no-op copy on the CPU). */
 enum { SR_PH_GENERATE, SR_PH_SUMMARISE, SR_PH_SELECT, SR_PH_EXCHANGE, SR_PH_COMPUTE,
-       SR_PH_VERIFY, SR_PH_WRITE, SR_PH_TOTAL, SR_PH_COUNT };
+       SR_PH_DOWNLOAD, SR_PH_VERIFY, SR_PH_WRITE, SR_PH_TOTAL, SR_PH_ATTENTION, SR_PH_COUNT };
 extern const char *const sr_phase_names[SR_PH_COUNT];
 
 typedef struct sr_layer_result {

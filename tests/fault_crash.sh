@@ -11,7 +11,8 @@ reference --resume
 # takes the others down at whatever point they are).
 points="unit_start:0 after_out:0 after_data:0 after_close:0
 unit_start:1 after_compute:1 after_out:1 after_data:1 before_close:1 after_close:1
-after_unit_file:1 after_snapshot:1 after_manifest:1 after_out:2:1 after_close:2:0
+after_sync:1 after_unit_file:1 after_snapshot:1 after_manifest:1 after_out:2:1 after_close:2:0
+after_sync:2:1
 after_snapshot:3:0 before_commit commit_closed:-1 after_publish"
 for p in $points; do
   rm -rf out.h5 out.h5.partial.d

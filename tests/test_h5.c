@@ -797,7 +797,7 @@ static void write_two_layers(const char *path, const sr_plan *p, const float *go
   STATUS_IS(sr_h5_write_rows(f, 0, "out", p->q_heads, p->n, p->d, starts, nruns,
                              p->chunk_tokens, local), SR_OK);
   STATUS_IS(sr_h5_attr_double(f, 0, "time_s", 0.0), SR_OK);
-  STATUS_IS(sr_h5_out_suspend(f), SR_OK);
+  STATUS_IS(sr_h5_out_suspend(f, true), SR_OK);
   ALL_TRUE(!file_exists(reserve));
   /* Suspended: a consistent HDF5 file, not complete. */
   int32_t complete = 7;
@@ -806,7 +806,7 @@ static void write_two_layers(const char *path, const sr_plan *p, const float *go
   void *buf = NULL;
   ALL_TRUE(plain_read(partial, "/layers/0/out", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 4, dims, &buf) == 3);
   free(buf);
-  STATUS_IS(sr_h5_out_suspend(f), SR_OK); /* a no-op */
+  STATUS_IS(sr_h5_out_suspend(f, false), SR_OK); /* a no-op */
   STATUS_IS(sr_h5_out_reopen(f), SR_OK);
   ALL_TRUE(file_exists(reserve));
   STATUS_IS(sr_h5_write_rows(f, 1, "out", p->q_heads, p->n, p->d, starts, nruns,

@@ -8,8 +8,10 @@
 #                       selected -> time, bytes moved, ratio
 #   socket (NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1: NCCL's socket transport over loopback, a
 #   slow inter-node link, 0.1-0.2 GB/s): the same 2-GPU runs.
-# t is the attention time of a layer (ring exchange + compute, results on the host; max over
-# ranks), the median over the layers after the first (layer 0 is a warm-up).
+# t is the attention time of a layer (time_s.attention: request lists + block lists + ring
+# exchange + compute up to the device's completion, each rank's own sum, max over ranks; the
+# copy of the results to the host is reported apart as download), the median over the layers
+# after the first (layer 0 is a warm-up).
 #
 # Every JSON report is kept, verbatim, in OUT_DIR/bench_2gpu.json (one file: the device tool
 # brings back few files); the table goes to stdout and OUT_DIR/bench_2gpu.txt, every run's
@@ -134,10 +136,11 @@ def stats(r):
         return None
     ls = rep["layers"]
     warm = ls[1:] if len(ls) > 1 else ls
-    attn = statistics.median(l["time_s"]["exchange"] + l["time_s"]["compute"] for l in warm)
+    attn = statistics.median(l["time_s"]["attention"] for l in warm)
+    down = statistics.median(l["time_s"]["download"] for l in warm)
     total = statistics.median(l["time_s"]["total"] for l in warm)
     q = [l.get("quality", {}) for l in ls]
-    return {"attn_s": attn, "layer_s": total, "bytes": ls[0]["bytes_moved"],
+    return {"attn_s": attn, "down_s": down, "layer_s": total, "bytes": ls[0]["bytes_moved"],
             "ring_bytes": ls[0]["bytes_dense_ring"], "top_chunks": ls[0]["top_chunks"],
             "sp_paper": ls[0]["sparsity_paper"], "sp_meas": ls[0]["sparsity_measured"],
             "relerr": max((x.get("relerr_max", float("nan")) for x in q), default=float("nan")),
@@ -173,14 +176,15 @@ P(f"# transport: {two.get('transport', '?')}; nvlink = NCCL defaults (P2P); sock
 if note:
     P(f"# NOTE: {note}")
 P("#")
-P("# attn_s: exchange + compute of one layer (median of warm layers, max over ranks);"
-  " layer_s: whole layer incl. generate/verify")
+P("# attn_s: plan + ring exchange + compute of one layer up to the GPU's completion (each rank's"
+  " sum, max over ranks; median of warm layers); down_s: out/lse copied to the host;"
+  " layer_s: whole layer incl. generate/verify/write")
 P("# moved_GB: KV bytes sent per layer, all ranks; vs_ring: moved / moved of the dense_ring run "
   "of the same link, size and method;"
   " run_s: the whole mpirun, or why a run has no numbers")
 hdr = ("run", "gpus", "link", "N", "method", "exchange", "top_k", "sp_paper", "attn_s",
-       "TF/s_eff", "layer_s", "moved_GB", "vs_ring", "relerr_max", "recall", "run_s")
-fmt = "%-29s %4s %6s %7s %12s %10s %6s %8s %9s %9s %8s %9s %8s %10s %7s %8s"
+       "down_s", "TF/s_eff", "layer_s", "moved_GB", "vs_ring", "relerr_max", "recall", "run_s")
+fmt = "%-29s %4s %6s %7s %12s %10s %6s %8s %9s %7s %9s %8s %9s %8s %10s %7s %8s"
 P("# " + fmt % hdr)
 
 def ring_of(n):
@@ -202,7 +206,7 @@ for n in order:
     r, s = runs[n], S[n]
     if s is None:
         P("  " + fmt % (n, r["np"], r["link"], r["seq_len"], "-", "-", "-", "-", "-", "-", "-", "-",
-                        "-", "-", "-", "skipped" if r["exit"] == "skipped" else "exit " + r["exit"]))
+                        "-", "-", "-", "-", "skipped" if r["exit"] == "skipped" else "exit " + r["exit"]))
         continue
     rep = r["report"]
     k = ring_of(n)
@@ -210,7 +214,8 @@ for n in order:
     P("  " + fmt % (n, r["np"], r["link"], r["seq_len"], rep["method"],
              rep["exchange"] if r["np"] > 1 else "-",
              s["top_chunks"] if rep["method"] != "dense" else "-",
-             "%.4f" % s["sp_paper"], "%.4f" % s["attn_s"], "%.1f" % s["tflops"],
+             "%.4f" % s["sp_paper"], "%.4f" % s["attn_s"], "%.3f" % s["down_s"],
+             "%.1f" % s["tflops"],
              "%.3f" % s["layer_s"], "%.4f" % (s["bytes"] / 1e9), "%.4f" % vs,
              "%.2e" % s["relerr"], "%.4f" % s["recall"], r["seconds"]))
 
