@@ -162,7 +162,7 @@ sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, MPI_Comm c
   be->free(mine_dev);
   st = sr_comm_agree(comm, st);
   /* Small (N/bk x kv_heads x d floats): host memory over MPI on every backend. */
-  if (st == SR_OK && local_floats * sizeof(float) > (size_t)INT_MAX / 64)
+  if (st == SR_OK && local_floats > (size_t)INT_MAX) /* an MPI count */
     st = sr__seterr(SR_ERR_SHAPE, "key-block summaries of %zu bytes per rank are too large",
                     local_floats * sizeof(float));
   if (st == SR_OK)

@@ -3,6 +3,7 @@
  * paper's Table 3, and the Block-Sparse selection rules on constructed scores.
  */
 #include "kernels.h"
+#include "sr_attend.h"
 #include "sr_config.h"
 #include "sr_plan.h"
 #include "sr_select.h"
@@ -202,12 +203,35 @@ static void test_budget_too_small(void **st) {
   assert_int_equal(sr_select_block_sparse(&p, sr_backend_cpu(), NULL, &sum, 2, &s), SR_ERR_CONFIG);
 }
 
+/* The closed form of sr_block_pairs against counting row by row, over block shapes and every
+ * relative position from fully hidden to fully visible (and random far ones). */
+static void test_block_pairs(void **st) {
+  (void)st;
+  const int shapes[][2] = {{1, 1}, {16, 16}, {64, 64}, {128, 128}, {64, 128}, {128, 64}, {16, 48}};
+  srand(g_seed);
+  for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+    const int bq = shapes[k][0], bk = shapes[k][1];
+    for (int64_t off = -2 * (bq + bk); off <= 2 * (bq + bk); off++) {
+      int64_t kpos = 1000 + (rand() % 7) * bk, qpos = kpos + off;
+      int64_t want = 0;
+      for (int i = 0; i < bq; i++) {
+        int64_t v = qpos + i - kpos + 1;
+        want += v <= 0 ? 0 : v < bk ? v : bk;
+      }
+      assert_int_equal(sr_block_pairs(qpos, bq, kpos, bk), want);
+    }
+    assert_int_equal(sr_block_pairs((int64_t)1 << 40, bq, 0, bk), (int64_t)bq * bk);
+    assert_int_equal(sr_block_pairs(0, bq, (int64_t)1 << 40, bk), 0);
+  }
+}
+
 int main(void) {
   g_seed = sr_test_seed("test_plan_select");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_zigzag_ownership), cmocka_unit_test(test_plan_errors),
       cmocka_unit_test(test_budget_table3),    cmocka_unit_test(test_dense_selection),
       cmocka_unit_test(test_block_sparse_rules), cmocka_unit_test(test_budget_too_small),
+      cmocka_unit_test(test_block_pairs),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
