@@ -12,7 +12,7 @@
 #   BACKEND  cpu | cuda (cpu)                CONFIG  YAML (configs/demo.yaml)
 #   LAYERS   model.layers (8)                DIR     scratch directory for the outputs, on the
 #   EXTRA    more sparsering arguments               file system to measure (/tmp/sr-bench-ckpt)
-#   LAUNCH   the launcher (mpirun)
+#   LAUNCH   the launcher (mpirun --bind-to none: OpenMP threads get the cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . jobs/env.sh
@@ -24,7 +24,7 @@ config=${CONFIG:-configs/demo.yaml}
 layers=${LAYERS:-8}
 dir=${DIR:-/tmp/sr-bench-ckpt}
 out=${1:-bench/results/ckpt_${backend}.json}
-read -r -a launch <<<"${LAUNCH:-mpirun}"
+read -r -a launch <<<"${LAUNCH:-mpirun --bind-to none}"
 read -r -a extra <<<"${EXTRA:-}"
 [ -x "$bin" ] || { echo "bench_ckpt: $bin not built (jobs/build.sh)" >&2; exit 1; }
 mkdir -p "$dir"

@@ -57,6 +57,8 @@ void sr__free(void *p);
 
 /* Wall clock in seconds (monotonic). */
 double sr__now(void);
+/* CPUs in this process's affinity mask (0 if unknown). */
+int sr__affinity_cpus(void);
 
 /* Fills n floats with a poison value (NaN) so that unwritten outputs are detectable. */
 void sr__poison_f32(float *x, size_t n);

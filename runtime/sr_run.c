@@ -73,12 +73,23 @@ static sr_status load_rows(row_source *rs, const sr_plan *p, const sr_backend *b
   return be->store(dst, stage, (size_t)heads * (size_t)p->n_local * (size_t)p->d);
 }
 
-/* Threads per rank: the configured count, or the node's cores shared among its ranks. */
+/* Threads per rank: the configured count, or the node's cores shared among its ranks, but no
+ * more than the CPUs the launcher bound this rank to (Open MPI binds each rank to one core when
+ * there are at most two: threads beyond that would only take turns; rank 0 says so). */
 static int pick_threads(const sr_config *cfg, const sr_world *w) {
   if (cfg->threads > 0) return cfg->threads;
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   int t = (int)(cores > 0 ? cores : 1) / (w->local_nranks > 0 ? w->local_nranks : 1);
-  return t > 0 ? t : 1;
+  if (t < 1) t = 1;
+  int bound = sr__affinity_cpus();
+  if (bound > 0 && bound < t) {
+    if (w->rank == 0)
+      printf("# note: rank 0 is bound to %d CPU%s by the launcher: %d thread%s per rank instead of "
+             "%d (mpirun --bind-to none, or --map-by slot:PE=%d, gives each rank its share)\n",
+             bound, bound == 1 ? "" : "s", bound, bound == 1 ? "" : "s", t, t);
+    t = bound;
+  }
+  return t;
 }
 
 void sr_run_result_free(sr_run_result *res) {

@@ -15,7 +15,13 @@
 /* 0 = OpenMP default. Set once at start-up, before the kernels run (not synchronised). */
 static int sr__cpu_nthreads = 0;
 
-void sr_cpu_set_threads(int threads) { sr__cpu_nthreads = threads > 0 ? threads : 0; }
+/* Also the default team of every other parallel region started from this thread (the
+ * runtime's generation, verification, work lists and checksums), so that no region uses more
+ * threads than the rank was given. */
+void sr_cpu_set_threads(int threads) {
+  sr__cpu_nthreads = threads > 0 ? threads : 0;
+  if (threads > 0) omp_set_num_threads(threads);
+}
 
 int sr__cpu_threads(void) {
   return sr__cpu_nthreads > 0 ? sr__cpu_nthreads : omp_get_max_threads();
