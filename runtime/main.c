@@ -67,6 +67,10 @@ static char *kv(const char *key, const char *value) {
 }
 
 int main(int argc, char **argv) {
+  /* SIGTERM / SIGUSR1 only set a flag from the first instant: a job script may signal while
+   * MPI_Init is still starting up (seconds on a busy node), and the default action would kill
+   * the rank. A run that was signalled before its first layer stops at once with exit 75. */
+  sr_ckpt_signals_install();
   MPI_Init(&argc, &argv);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -140,7 +144,7 @@ int main(int argc, char **argv) {
   sr_world w;
   st = sr_comm_agree(MPI_COMM_WORLD, sr_world_init(&w, MPI_COMM_WORLD));
   if (st != SR_OK) goto fail;
-  sr_ckpt_signals_install();
+  sr_ckpt_signals_install(); /* again, in case the MPI library installed its own */
   sr_run_result res;
   st = sr_run(&cfg, &w, &res);
   if (st == SR_OK && res.stop_signal) {

@@ -1,10 +1,12 @@
 /*
- * sr_h5.c — parallel HDF5 (MPI-IO) output and input of sharded rows. docs/HDF5.md is the schema.
+ * sr_h5.c — parallel HDF5 (MPI-IO) output of sharded rows, and the error, agreement and
+ * selection helpers that sr_h5_in.c (the input) shares through sr_h5_internal.h. docs/HDF5.md is
+ * the schema.
  *
  * Invariants:
  *   - Every entry point except sr_h5_read_head_rows is collective over the handle's communicator
  *     (a private MPI_Comm_dup whose error handler returns codes). Failures that can happen on
- *     some ranks only are combined with agree() (an MPI_Allreduce MINLOC over the status) before
+ *     some ranks only are combined with sr__h5_agree() (an MPI_Allreduce MINLOC over the status) before
  *     the next collective HDF5 call and before returning, so all ranks return the same status
  *     and the message of the lowest failing rank; no rank is left waiting in a collective.
  *   - Decisions about the file system (output exists, directory missing, input missing or not
@@ -30,9 +32,7 @@
  */
 #include "sr_h5.h"
 #include "sr_ckpt.h"
-#include "sr_internal.h"
-
-#include <hdf5.h>
+#include "sr_h5_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,25 +62,12 @@ struct sr_h5_out {
   bool keep;       /* a failed commit leaves the partial file (a checkpoint's)  */
 };
 
-struct sr_h5_in {
-  MPI_Comm comm;
-  int rank, nranks;
-  hid_t file;
-  hid_t dxpl_coll;
-  char *path;
-  int layers;
-  hid_t *dset;     /* [layers][3]: q, k, v, opened and checked once */
-  int heads[3];    /* q_heads, kv_heads, kv_heads                   */
-  int64_t n;
-  int d;
-};
-
 /* ---------------------------------------------------------------------------------------------
  * Errors and agreement
  * ------------------------------------------------------------------------------------------- */
 
 /* Turns off HDF5's automatic stack printing (once) and makes MPI-IO report errors as codes. */
-static void setup_error_reporting(void) {
+void sr__h5_setup_errors(void) {
   static bool done = false;
   if (done) return;
   H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
@@ -112,7 +99,7 @@ static const char *h5_detail(h5_detail_t *d) {
 }
 
 /* "<file>: <object>: <what> failed (HDF5: <detail>)" with status s; obj NULL for the file. */
-static sr_status h5_fail(sr_status s, const char *file, const char *obj, const char *what) {
+sr_status sr__h5_fail(sr_status s, const char *file, const char *obj, const char *what) {
   h5_detail_t d;
   const char *detail = h5_detail(&d);
   if (!obj) {
@@ -124,7 +111,7 @@ static sr_status h5_fail(sr_status s, const char *file, const char *obj, const c
   return sr__seterr(s, "%s: %s: %s failed", file, obj, what);
 }
 
-static sr_status mpi_fail(int rc, const char *what) {
+sr_status sr__h5_mpi_fail(int rc, const char *what) {
   char text[MPI_MAX_ERROR_STRING] = "";
   int len = 0;
   MPI_Error_string(rc, text, &len);
@@ -134,15 +121,15 @@ static sr_status mpi_fail(int rc, const char *what) {
 /* Collective. Every rank passes its own status; all return the lowest (most severe) status and
  * the message of the lowest rank that reported it. A message from a rank other than 0 is
  * prefixed with that rank so a rank-local failure can be traced. */
-static sr_status agree(MPI_Comm comm, int rank, int nranks, sr_status st) {
+sr_status sr__h5_agree(MPI_Comm comm, int rank, int nranks, sr_status st) {
   struct { int status, rank; } in = {(int)st, rank}, out;
   int rc = MPI_Allreduce(&in, &out, 1, MPI_2INT, MPI_MINLOC, comm);
-  if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Allreduce (status agreement)");
+  if (rc != MPI_SUCCESS) return sr__h5_mpi_fail(rc, "MPI_Allreduce (status agreement)");
   if (out.status == SR_OK) return SR_OK;
   char msg[SR_H5_MSG_LEN];
   if (rank == out.rank) snprintf(msg, sizeof msg, "%s", sr_last_error());
   rc = MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, out.rank, comm);
-  if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Bcast (error message)");
+  if (rc != MPI_SUCCESS) return sr__h5_mpi_fail(rc, "MPI_Bcast (error message)");
   msg[sizeof msg - 1] = '\0';
   if (out.rank != 0 && nranks > 1)
     return sr__seterr((sr_status)out.status, "rank %d: %s", out.rank, msg);
@@ -150,10 +137,10 @@ static sr_status agree(MPI_Comm comm, int rank, int nranks, sr_status st) {
 }
 
 /* Duplicates comm (so that our error handler and HDF5's traffic stay private). */
-static sr_status comm_setup(MPI_Comm comm, MPI_Comm *out, int *rank, int *nranks) {
+sr_status sr__h5_comm_setup(MPI_Comm comm, MPI_Comm *out, int *rank, int *nranks) {
   *out = MPI_COMM_NULL;
   int rc = MPI_Comm_dup(comm, out);
-  if (rc != MPI_SUCCESS) return mpi_fail(rc, "MPI_Comm_dup");
+  if (rc != MPI_SUCCESS) return sr__h5_mpi_fail(rc, "MPI_Comm_dup");
   MPI_Comm_set_errhandler(*out, MPI_ERRORS_RETURN);
   MPI_Comm_rank(*out, rank);
   MPI_Comm_size(*out, nranks);
@@ -164,7 +151,7 @@ static sr_status comm_setup(MPI_Comm comm, MPI_Comm *out, int *rank, int *nranks
  * Small helpers
  * ------------------------------------------------------------------------------------------- */
 
-static void dims_str(char *buf, size_t len, int rank, const hsize_t *dims) {
+void sr__h5_dims_str(char *buf, size_t len, int rank, const hsize_t *dims) {
   size_t used = 0;
   buf[0] = '\0';
   if (rank == 0) snprintf(buf, len, "scalar");
@@ -172,7 +159,7 @@ static void dims_str(char *buf, size_t len, int rank, const hsize_t *dims) {
     used += (size_t)snprintf(buf + used, len - used, "[%llu]", (unsigned long long)dims[i]);
 }
 
-static void dtype_str(hid_t t, char *buf, size_t len) {
+void sr__h5_dtype_str(hid_t t, char *buf, size_t len) {
   H5T_class_t c = H5Tget_class(t);
   size_t bits = 8 * H5Tget_size(t);
   switch (c) {
@@ -214,17 +201,17 @@ static sr_status ensure_group(hid_t file, hid_t gcpl, const char *fname, const c
     char saved = *p;
     *p = '\0';
     htri_t ex = H5Lexists(file, buf, H5P_DEFAULT);
-    if (ex < 0) return h5_fail(SR_ERR_IO, fname, buf, "H5Lexists");
+    if (ex < 0) return sr__h5_fail(SR_ERR_IO, fname, buf, "H5Lexists");
     if (!ex) {
       hid_t g = H5Gcreate2(file, buf, H5P_DEFAULT, gcpl, H5P_DEFAULT);
-      if (g < 0) return h5_fail(SR_ERR_IO, fname, buf, "H5Gcreate2");
+      if (g < 0) return sr__h5_fail(SR_ERR_IO, fname, buf, "H5Gcreate2");
       H5Gclose(g);
     }
     *p = saved;
     if (saved == '\0') break;
   }
   *out = H5Gopen2(file, buf, H5P_DEFAULT);
-  if (*out < 0) return h5_fail(SR_ERR_IO, fname, buf, "H5Gopen2");
+  if (*out < 0) return sr__h5_fail(SR_ERR_IO, fname, buf, "H5Gopen2");
   return SR_OK;
 }
 
@@ -233,7 +220,7 @@ static sr_status open_target(sr_h5_out *f, int layer, hid_t *out) {
   char name[64];
   if (layer < 0) {
     *out = H5Gopen2(f->file, "/", H5P_DEFAULT);
-    if (*out < 0) return h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
+    if (*out < 0) return sr__h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
     return SR_OK;
   }
   snprintf(name, sizeof name, "/layers/%d", layer);
@@ -248,20 +235,20 @@ static sr_status attr_write(hid_t loc, const char *fname, const char *obj, const
   char where[320];
   snprintf(where, sizeof where, "%s attribute %s", obj, name);
   htri_t ex = H5Aexists(loc, name);
-  if (ex < 0) { st = h5_fail(SR_ERR_IO, fname, where, "H5Aexists"); goto done; }
+  if (ex < 0) { st = sr__h5_fail(SR_ERR_IO, fname, where, "H5Aexists"); goto done; }
   if (ex > 0 && H5Adelete(loc, name) < 0) {
-    st = h5_fail(SR_ERR_IO, fname, where, "H5Adelete");
+    st = sr__h5_fail(SR_ERR_IO, fname, where, "H5Adelete");
     goto done;
   }
   if ((space = H5Screate(H5S_SCALAR)) < 0) {
-    st = h5_fail(SR_ERR_IO, fname, where, "H5Screate");
+    st = sr__h5_fail(SR_ERR_IO, fname, where, "H5Screate");
     goto done;
   }
   if ((attr = H5Acreate2(loc, name, ftype, space, H5P_DEFAULT, H5P_DEFAULT)) < 0) {
-    st = h5_fail(SR_ERR_IO, fname, where, "H5Acreate2");
+    st = sr__h5_fail(SR_ERR_IO, fname, where, "H5Acreate2");
     goto done;
   }
-  if (H5Awrite(attr, mtype, buf) < 0) st = h5_fail(SR_ERR_IO, fname, where, "H5Awrite");
+  if (H5Awrite(attr, mtype, buf) < 0) st = sr__h5_fail(SR_ERR_IO, fname, where, "H5Awrite");
 done:
   if (attr >= 0) H5Aclose(attr);
   if (space >= 0) H5Sclose(space);
@@ -282,7 +269,7 @@ static hid_t vlstr_type(void) {
 static sr_status attr_string_at(hid_t loc, const char *fname, const char *obj, const char *name,
                                 const char *value) {
   hid_t t = vlstr_type();
-  if (t < 0) return h5_fail(SR_ERR_IO, fname, obj, "string type creation");
+  if (t < 0) return sr__h5_fail(SR_ERR_IO, fname, obj, "string type creation");
   const char *v = value ? value : "";
   sr_status st = attr_write(loc, fname, obj, name, t, t, &v);
   H5Tclose(t);
@@ -296,7 +283,7 @@ static sr_status attr_i64_at(hid_t loc, const char *fname, const char *obj, cons
 
 /* Selects the union of runs [start, start+run_len) over all heads (and all d when d > 0) of a
  * [heads][n] or [heads][n][d] dataspace; nothing when there are no runs. */
-static herr_t select_runs(hid_t space, int heads, int d, const int64_t *starts, int nruns,
+herr_t sr__h5_select_runs(hid_t space, int heads, int d, const int64_t *starts, int nruns,
                           int64_t run_len) {
   if (nruns == 0 || run_len == 0) return H5Sselect_none(space);
   for (int i = 0; i < nruns; i++) {
@@ -311,7 +298,7 @@ static herr_t select_runs(hid_t space, int heads, int d, const int64_t *starts, 
 }
 
 /* Checks that the runs are ascending, disjoint and inside [0, n). */
-static sr_status check_runs(const char *fname, const char *obj, int64_t n,
+sr_status sr__h5_check_runs(const char *fname, const char *obj, int64_t n,
                             const int64_t *starts, int nruns, int64_t run_len) {
   if (nruns < 0 || run_len < 0 || (nruns > 0 && !starts))
     return sr__seterr(SR_ERR_INTERNAL, "%s: %s: bad run description (nruns %d, run_len %" PRId64
@@ -336,22 +323,22 @@ static sr_status open_or_create(hid_t g, hid_t dcpl, const char *fname, const ch
   hid_t space = H5I_INVALID_HID, type = H5I_INVALID_HID;
   *out = H5I_INVALID_HID;
   htri_t ex = H5Lexists(g, name, H5P_DEFAULT);
-  if (ex < 0) return h5_fail(SR_ERR_IO, fname, obj, "H5Lexists");
+  if (ex < 0) return sr__h5_fail(SR_ERR_IO, fname, obj, "H5Lexists");
   if (!ex) {
     if ((space = H5Screate_simple(ndims, dims, NULL)) < 0) {
-      st = h5_fail(SR_ERR_IO, fname, obj, "H5Screate_simple");
+      st = sr__h5_fail(SR_ERR_IO, fname, obj, "H5Screate_simple");
       goto done;
     }
     *out = H5Dcreate2(g, name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    if (*out < 0) st = h5_fail(SR_ERR_IO, fname, obj, "H5Dcreate2");
+    if (*out < 0) st = sr__h5_fail(SR_ERR_IO, fname, obj, "H5Dcreate2");
     goto done;
   }
   if ((*out = H5Dopen2(g, name, H5P_DEFAULT)) < 0) {
-    st = h5_fail(SR_ERR_IO, fname, obj, "H5Dopen2");
+    st = sr__h5_fail(SR_ERR_IO, fname, obj, "H5Dopen2");
     goto done;
   }
   if ((space = H5Dget_space(*out)) < 0 || (type = H5Dget_type(*out)) < 0) {
-    st = h5_fail(SR_ERR_IO, fname, obj, "H5Dget_space/H5Dget_type");
+    st = sr__h5_fail(SR_ERR_IO, fname, obj, "H5Dget_space/H5Dget_type");
     goto done;
   }
   hsize_t found[H5S_MAX_RANK];
@@ -360,10 +347,10 @@ static sr_status open_or_create(hid_t g, hid_t dcpl, const char *fname, const ch
   for (int i = 0; same && i < nd; i++) same = found[i] == dims[i];
   if (!same) {
     char fs[96], es[96], ft[64], et[64];
-    dims_str(fs, sizeof fs, nd < 0 ? 0 : nd, found);
-    dims_str(es, sizeof es, ndims, dims);
-    dtype_str(type, ft, sizeof ft);
-    dtype_str(ftype, et, sizeof et);
+    sr__h5_dims_str(fs, sizeof fs, nd < 0 ? 0 : nd, found);
+    sr__h5_dims_str(es, sizeof es, ndims, dims);
+    sr__h5_dtype_str(type, ft, sizeof ft);
+    sr__h5_dtype_str(ftype, et, sizeof et);
     st = sr__seterr(SR_ERR_SHAPE, "%s: %s: exists as %s %s, expected %s %s", fname, obj, ft, fs,
                     et, es);
   }
@@ -407,7 +394,7 @@ static sr_status reserve_make(sr_h5_out *f) {
     if (st != SR_OK) unlink(f->reserve);
     else f->reserved = true;
   }
-  return agree(f->comm, f->rank, f->nranks, st);
+  return sr__h5_agree(f->comm, f->rank, f->nranks, st);
 }
 
 /* Collective. Rank 0 gives the reserve back (before a flush or close), then everyone waits for
@@ -455,13 +442,13 @@ static sr_status out_precheck(const sr_h5_out *f) {
 static sr_status out_new(sr_h5_out **fp, MPI_Comm comm, const char *path, const char *partial,
                          bool overwrite) {
   *fp = NULL;
-  setup_error_reporting();
+  sr__h5_setup_errors();
   sr_h5_out *f = calloc(1, sizeof *f);
   if (!f) return sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 output handle)");
   f->comm = MPI_COMM_NULL;
   f->file = f->dxpl = f->gcpl = f->dcpl = H5I_INVALID_HID;
   f->overwrite = overwrite;
-  sr_status st = comm_setup(comm, &f->comm, &f->rank, &f->nranks);
+  sr_status st = sr__h5_comm_setup(comm, &f->comm, &f->rank, &f->nranks);
   if (st != SR_OK) {
     out_free(f);
     return st;
@@ -481,7 +468,7 @@ static sr_status out_new(sr_h5_out **fp, MPI_Comm comm, const char *path, const 
       H5Pset_dxpl_mpio(f->dxpl, H5FD_MPIO_COLLECTIVE) < 0 ||
       (f->gcpl = H5Pcreate(H5P_GROUP_CREATE)) < 0 || H5Pset_obj_track_times(f->gcpl, false) < 0 ||
       (f->dcpl = H5Pcreate(H5P_DATASET_CREATE)) < 0 || H5Pset_obj_track_times(f->dcpl, false) < 0)
-    return h5_fail(SR_ERR_IO, path, NULL, "property lists");
+    return sr__h5_fail(SR_ERR_IO, path, NULL, "property lists");
   return SR_OK;
 }
 
@@ -510,7 +497,7 @@ sr_status sr_h5_out_create_at(sr_h5_out **fp, MPI_Comm comm, const char *path,
   sr_h5_out *f = NULL;
   sr_status st = out_new(&f, comm, path, partial, overwrite);
   if (!f) return st;
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) {
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) {
     out_free(f);
     return st;
   }
@@ -518,18 +505,18 @@ sr_status sr_h5_out_create_at(sr_h5_out **fp, MPI_Comm comm, const char *path,
   hid_t fapl = H5I_INVALID_HID, root = H5I_INVALID_HID;
   /* Rank 0's file-system verdict, agreed by everyone. */
   if (f->rank == 0) st = out_precheck(f);
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
   if ((st = reserve_make(f)) != SR_OK) goto fail;
 
   if ((fapl = out_fapl(f)) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
   else if ((f->file = H5Fcreate(f->partial, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fcreate");
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
+    st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fcreate");
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
 
   /* Root attributes (all but `complete`, which commit writes last). */
   if ((root = H5Gopen2(f->file, "/", H5P_DEFAULT)) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
   if (st == SR_OK) st = attr_string_at(root, f->partial, "/", "format", SR_H5_FORMAT);
   if (st == SR_OK) st = attr_string_at(root, f->partial, "/", "version", sr_version());
   if (st == SR_OK) st = attr_string_at(root, f->partial, "/", "config", config_yaml);
@@ -538,7 +525,7 @@ sr_status sr_h5_out_create_at(sr_h5_out **fp, MPI_Comm comm, const char *path,
                     &config_hash);
   if (root >= 0) H5Gclose(root);
   root = H5I_INVALID_HID;
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
 
   H5Pclose(fapl);
   *fp = f;
@@ -564,7 +551,7 @@ sr_status sr_h5_out_open_at(sr_h5_out **fp, MPI_Comm comm, const char *path, con
   sr_h5_out *f = NULL;
   sr_status st = out_new(&f, comm, path, partial, overwrite);
   if (!f) return st;
-  st = agree(f->comm, f->rank, f->nranks, st);
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
   if (st == SR_OK) st = sr_h5_out_reopen(f);
   if (st != SR_OK) {
     out_free(f);
@@ -582,11 +569,11 @@ sr_status sr_h5_out_suspend(sr_h5_out *f, bool sync) {
   sr_status st = SR_OK;
   reserve_free(f);
   if (sync && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
-  if (H5Fclose(f->file) < 0 && st == SR_OK) st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
+  if (H5Fclose(f->file) < 0 && st == SR_OK) st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
   f->file = H5I_INVALID_HID;
   H5Eclear2(H5E_DEFAULT);
-  return agree(f->comm, f->rank, f->nranks, st);
+  return sr__h5_agree(f->comm, f->rank, f->nranks, st);
 }
 
 sr_status sr_h5_out_reopen(sr_h5_out *f) {
@@ -595,11 +582,11 @@ sr_status sr_h5_out_reopen(sr_h5_out *f) {
   sr_status st = reserve_make(f);
   if (st != SR_OK) return st;
   hid_t fapl = out_fapl(f);
-  if (fapl < 0) st = h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
+  if (fapl < 0) st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "file access property list");
   else if ((f->file = H5Fopen(f->partial, H5F_ACC_RDWR, fapl)) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fopen");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fopen");
   if (fapl >= 0) H5Pclose(fapl);
-  st = agree(f->comm, f->rank, f->nranks, st);
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
   if (st != SR_OK) {
     reserve_free(f);
     if (f->file >= 0) H5Fclose(f->file);
@@ -625,7 +612,7 @@ sr_status sr_h5_out_extent(sr_h5_out *f, int layer, const char *name, uint64_t *
   sr_status st = SR_OK;
   hid_t d = H5Dopen2(f->file, obj, H5P_DEFAULT);
   if (d < 0) {
-    st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Dopen2");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Dopen2");
   } else {
     haddr_t a = H5Dget_offset(d);
     hsize_t n = H5Dget_storage_size(d);
@@ -638,7 +625,7 @@ sr_status sr_h5_out_extent(sr_h5_out *f, int layer, const char *name, uint64_t *
     H5Dclose(d);
   }
   H5Eclear2(H5E_DEFAULT);
-  return agree(f->comm, f->rank, f->nranks, st);
+  return sr__h5_agree(f->comm, f->rank, f->nranks, st);
 }
 
 sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads, int64_t n,
@@ -655,10 +642,10 @@ sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads,
   if (layer < 0 || !name || !name[0] || heads <= 0 || n <= 0 || d < 0)
     st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: bad arguments (heads %d, n %" PRId64 ", d %d)",
                     f->partial, obj, heads, n, d);
-  if (st == SR_OK) st = check_runs(f->partial, obj, n, run_starts, nruns, run_len);
+  if (st == SR_OK) st = sr__h5_check_runs(f->partial, obj, n, run_starts, nruns, run_len);
   if (st == SR_OK && nruns > 0 && run_len > 0 && !local)
     st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: rows to write but no buffer", f->partial, obj);
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) return st;
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) return st;
 
   int ndims = d > 0 ? 3 : 2;
   hsize_t dims[3] = {(hsize_t)heads, (hsize_t)n, (hsize_t)d};
@@ -667,19 +654,19 @@ sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads,
   if (st == SR_OK)
     st = open_or_create(g, f->dcpl, f->partial, obj, name, H5T_IEEE_F32LE, ndims, dims, &dset);
   if (st == SR_OK && ((fspace = H5Dget_space(dset)) < 0 ||
-                      select_runs(fspace, heads, d, run_starts, nruns, run_len) < 0))
-    st = h5_fail(SR_ERR_IO, f->partial, obj, "file selection");
+                      sr__h5_select_runs(fspace, heads, d, run_starts, nruns, run_len) < 0))
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "file selection");
   if (st == SR_OK && ((mspace = H5Screate_simple(ndims, mdims, NULL)) < 0 ||
                       (mdims[1] == 0 && H5Sselect_none(mspace) < 0)))
-    st = h5_fail(SR_ERR_IO, f->partial, obj, "memory selection");
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "memory selection");
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
 
   /* Collective write; a rank without rows takes part with an empty selection. */
   static const float dummy = 0.0f;
   if (H5Dwrite(dset, H5T_NATIVE_FLOAT, mspace, fspace, f->dxpl, local ? (const void *)local
                                                                       : (const void *)&dummy) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
-  st = agree(f->comm, f->rank, f->nranks, st);
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
 
 done:
   if (mspace >= 0) H5Sclose(mspace);
@@ -751,15 +738,15 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
     if (!counts || !all_counts || !indptr)
       st = sr__seterr(SR_ERR_NOMEM, "out of memory (selection of %" PRId64 " rows)", rows_global);
   }
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
 
   /* Every rank learns every row's length, then computes the same global row pointer. Local
    * row h*nqb_local + m of rank r is global row h*nqb_global + qblock_global(r, m). */
   for (int64_t r = 0; r < rows_local; r++) counts[r] = sel->row_ptr[r + 1] - sel->row_ptr[r];
   int rc = MPI_Allgather(counts, (int)rows_local, MPI_INT64_T, all_counts, (int)rows_local,
                          MPI_INT64_T, f->comm);
-  if (rc != MPI_SUCCESS) st = mpi_fail(rc, "MPI_Allgather (selection row lengths)");
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+  if (rc != MPI_SUCCESS) st = sr__h5_mpi_fail(rc, "MPI_Allgather (selection row lengths)");
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
   for (int r = 0; r < f->nranks; r++)
     for (int h = 0; h < p->q_heads; h++)
       for (int64_t m = 0; m < p->nqb_local; m++) {
@@ -793,13 +780,13 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
   if (st == SR_OK) {
     if ((fs_ptr = H5Dget_space(dptr)) < 0 || (ms_ptr = H5Screate_simple(1, ptr_dims, NULL)) < 0 ||
         (f->rank != 0 && (H5Sselect_none(fs_ptr) < 0 || H5Sselect_none(ms_ptr) < 0)))
-      st = h5_fail(SR_ERR_IO, f->partial, grp, "indptr selection");
+      st = sr__h5_fail(SR_ERR_IO, f->partial, grp, "indptr selection");
   }
   if (st == SR_OK) {
     if ((fs_idx = H5Dget_space(didx)) < 0 || H5Sselect_none(fs_idx) < 0 ||
         (ms_idx = H5Screate_simple(1, nnz_local, NULL)) < 0 ||
         (sel->nnz == 0 && H5Sselect_none(ms_idx) < 0))
-      st = h5_fail(SR_ERR_IO, f->partial, obj, "selection");
+      st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "selection");
     int64_t run_start = 0, run_end = 0;
     for (int h = 0; st == SR_OK && h < p->q_heads; h++)
       for (int64_t m = 0; st == SR_OK && m < p->nqb_local; m++) {
@@ -811,26 +798,26 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
           continue;
         }
         if (select_range(fs_idx, run_start, run_end) < 0)
-          st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Sselect_hyperslab");
+          st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Sselect_hyperslab");
         run_start = off;
         run_end = off + cnt;
       }
     if (st == SR_OK && select_range(fs_idx, run_start, run_end) < 0)
-      st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Sselect_hyperslab");
+      st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Sselect_hyperslab");
   }
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
 
   static const int32_t dummy = 0;
   if (H5Dwrite(dptr, H5T_NATIVE_INT64, ms_ptr, fs_ptr, f->dxpl, indptr) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, grp, "H5Dwrite indptr");
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+    st = sr__h5_fail(SR_ERR_IO, f->partial, grp, "H5Dwrite indptr");
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
   /* An empty selection has a zero-length indices dataset with no storage to write to; every
    * rank knows nnz_total, so all skip the write together. */
   if (nnz_total > 0 &&
       H5Dwrite(didx, H5T_NATIVE_INT32, ms_idx, fs_idx, f->dxpl,
                sel->nnz > 0 ? (const void *)sel->col : (const void *)&dummy) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
-  st = agree(f->comm, f->rank, f->nranks, st);
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
 
 done:
   if (ms_idx >= 0) H5Sclose(ms_idx);
@@ -846,39 +833,32 @@ done:
   return st;
 }
 
-sr_status sr_h5_attr_double(sr_h5_out *f, int layer, const char *name, double value) {
+/* Collective. One attribute on the root (layer < 0) or on /layers/<layer>: a number of file type
+ * ftype from memory type mtype at value, or (ftype < 0) the string text. */
+static sr_status attr_on(sr_h5_out *f, int layer, const char *name, hid_t ftype, hid_t mtype,
+                         const void *value, const char *text) {
   SR_ASSERT(f != NULL && name != NULL);
   hid_t g = H5I_INVALID_HID;
   char obj[64];
   snprintf(obj, sizeof obj, layer < 0 ? "/" : "/layers/%d", layer);
   sr_status st = open_target(f, layer, &g);
   if (st == SR_OK)
-    st = attr_write(g, f->partial, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+    st = ftype < 0 ? attr_string_at(g, f->partial, obj, name, text)
+                   : attr_write(g, f->partial, obj, name, ftype, mtype, value);
   if (g >= 0) H5Gclose(g);
-  return agree(f->comm, f->rank, f->nranks, st);
+  return sr__h5_agree(f->comm, f->rank, f->nranks, st);
+}
+
+sr_status sr_h5_attr_double(sr_h5_out *f, int layer, const char *name, double value) {
+  return attr_on(f, layer, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value, NULL);
 }
 
 sr_status sr_h5_attr_string(sr_h5_out *f, int layer, const char *name, const char *value) {
-  SR_ASSERT(f != NULL && name != NULL);
-  hid_t g = H5I_INVALID_HID;
-  char obj[64];
-  snprintf(obj, sizeof obj, layer < 0 ? "/" : "/layers/%d", layer);
-  sr_status st = open_target(f, layer, &g);
-  if (st == SR_OK) st = attr_string_at(g, f->partial, obj, name, value);
-  if (g >= 0) H5Gclose(g);
-  return agree(f->comm, f->rank, f->nranks, st);
+  return attr_on(f, layer, name, H5I_INVALID_HID, H5I_INVALID_HID, NULL, value);
 }
 
 sr_status sr_h5_attr_u64(sr_h5_out *f, int layer, const char *name, uint64_t value) {
-  SR_ASSERT(f != NULL && name != NULL);
-  hid_t g = H5I_INVALID_HID;
-  char obj[64];
-  snprintf(obj, sizeof obj, layer < 0 ? "/" : "/layers/%d", layer);
-  sr_status st = open_target(f, layer, &g);
-  if (st == SR_OK)
-    st = attr_write(g, f->partial, obj, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value);
-  if (g >= 0) H5Gclose(g);
-  return agree(f->comm, f->rank, f->nranks, st);
+  return attr_on(f, layer, name, H5T_STD_U64LE, H5T_NATIVE_UINT64, &value, NULL);
 }
 
 /* Rank 0: moves the finished partial file to its final name. Without overwrite, link() refuses
@@ -928,7 +908,7 @@ sr_status sr_h5_out_commit(sr_h5_out *f) {
    * reserve goes first: what follows are the last metadata writes and the close. */
   reserve_free(f);
   if ((root = H5Gopen2(f->file, "/", H5P_DEFAULT)) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
+    st = sr__h5_fail(SR_ERR_IO, f->partial, "/", "H5Gopen2");
   if (st == SR_OK)
     st = attr_write(root, f->partial, "/", "complete", H5T_STD_I32LE, H5T_NATIVE_INT32, &one);
   if (root >= 0) H5Gclose(root);
@@ -936,14 +916,14 @@ sr_status sr_h5_out_commit(sr_h5_out *f) {
    * file visible under its final name (a crash then never leaves a complete-looking file with
    * missing data). */
   if (st == SR_OK && H5Fflush(f->file, H5F_SCOPE_GLOBAL) < 0)
-    st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
-  st = agree(f->comm, f->rank, f->nranks, st);
+    st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fflush");
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
 
   /* Close (collective; flushes everything), whatever happened, then agree on the outcome. */
   sr_status close_st = SR_OK;
-  if (H5Fclose(f->file) < 0) close_st = h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
+  if (H5Fclose(f->file) < 0) close_st = sr__h5_fail(SR_ERR_IO, f->partial, NULL, "H5Fclose");
   f->file = H5I_INVALID_HID;
-  if (st == SR_OK) st = agree(f->comm, f->rank, f->nranks, close_st);
+  if (st == SR_OK) st = sr__h5_agree(f->comm, f->rank, f->nranks, close_st);
 
   /* Test failpoint: the file is complete and closed, not yet under its final name. */
   if (st == SR_OK) sr_ckpt_point("commit_closed", -1, f->rank);
@@ -952,7 +932,7 @@ sr_status sr_h5_out_commit(sr_h5_out *f) {
     else if (!f->keep) unlink(f->partial);
   }
   /* Rank 0 has the last word (its rename); the others pass on the status agreed so far. */
-  st = agree(f->comm, f->rank, f->nranks, st);
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
   MPI_Barrier(f->comm);
   out_free(f);
   return st;
@@ -971,311 +951,3 @@ void sr_h5_out_release(sr_h5_out *f, bool remove_partial) {
   out_free(f);
 }
 
-/* ---------------------------------------------------------------------------------------------
- * Input
- * ------------------------------------------------------------------------------------------- */
-
-static const char sr__which[3] = {'q', 'k', 'v'};
-
-static int which_index(char which) {
-  for (int i = 0; i < 3; i++)
-    if (sr__which[i] == which) return i;
-  return -1;
-}
-
-static void in_free(sr_h5_in *f) {
-  if (!f) return;
-  if (f->dset)
-    for (int i = 0; i < 3 * f->layers; i++)
-      if (f->dset[i] >= 0) H5Dclose(f->dset[i]);
-  free(f->dset);
-  if (f->dxpl_coll >= 0) H5Pclose(f->dxpl_coll);
-  if (f->file >= 0) H5Fclose(f->file);
-  if (f->comm != MPI_COMM_NULL) MPI_Comm_free(&f->comm);
-  free(f->path);
-  free(f);
-}
-
-/* Rank 0: does the input exist and is it HDF5? */
-static sr_status in_precheck(const char *path) {
-  struct stat sb;
-  if (stat(path, &sb) != 0) return sr__seterr(SR_ERR_IO, "%s: %s", path, strerror(errno));
-  if (S_ISDIR(sb.st_mode)) return sr__seterr(SR_ERR_IO, "%s: is a directory", path);
-  if (access(path, R_OK) != 0) return sr__seterr(SR_ERR_IO, "%s: %s", path, strerror(errno));
-  htri_t is = H5Fis_hdf5(path);
-  H5Eclear2(H5E_DEFAULT);
-  if (is <= 0) return sr__seterr(SR_ERR_IO, "%s: not an HDF5 file", path);
-  return SR_OK;
-}
-
-/* Opens /layers/<l>/<which> and checks rank, shape and element type. */
-static sr_status in_check_dataset(sr_h5_in *f, int l, int w) {
-  sr_status st = SR_OK;
-  hid_t dset = H5I_INVALID_HID, space = H5I_INVALID_HID, type = H5I_INVALID_HID;
-  char obj[64], want[160], es[96];
-  hsize_t expect[3] = {(hsize_t)f->heads[w], (hsize_t)f->n, (hsize_t)f->d};
-  snprintf(obj, sizeof obj, "/layers/%d/%c", l, sr__which[w]);
-  dims_str(es, sizeof es, 3, expect);
-  snprintf(want, sizeof want, "float32 or float16 %s ([%s][seq_len][head_dim])", es,
-           w == 0 ? "q_heads" : "kv_heads");
-
-  /* Walk the path so that a missing group reads as the missing dataset it implies. */
-  char prefix[64];
-  for (const char *c = obj + 1;; c++) {
-    if (*c != '/' && *c != '\0') continue;
-    size_t len = (size_t)(c - obj);
-    memcpy(prefix, obj, len);
-    prefix[len] = '\0';
-    htri_t ex = H5Lexists(f->file, prefix, H5P_DEFAULT);
-    if (ex < 0) return h5_fail(SR_ERR_IO, f->path, prefix, "H5Lexists");
-    if (!ex) return sr__seterr(SR_ERR_SHAPE, "%s: %s: dataset missing (expected %s)", f->path,
-                               obj, want);
-    if (*c == '\0') break;
-  }
-  if ((dset = H5Dopen2(f->file, obj, H5P_DEFAULT)) < 0) {
-    H5Eclear2(H5E_DEFAULT);
-    return sr__seterr(SR_ERR_SHAPE, "%s: %s: not a dataset (expected %s)", f->path, obj, want);
-  }
-  if ((space = H5Dget_space(dset)) < 0 || (type = H5Dget_type(dset)) < 0) {
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Dget_space/H5Dget_type");
-    goto done;
-  }
-  char ts[64], fs[96];
-  dtype_str(type, ts, sizeof ts);
-  size_t size = H5Tget_size(type);
-  if (H5Tget_class(type) != H5T_FLOAT || (size != 4 && size != 2)) {
-    st = sr__seterr(SR_ERR_SHAPE, "%s: %s: dtype %s found, expected float32 or float16", f->path,
-                    obj, ts);
-    goto done;
-  }
-  hsize_t found[H5S_MAX_RANK];
-  int nd = H5Sget_simple_extent_dims(space, found, NULL);
-  if (nd < 0) {
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Sget_simple_extent_dims");
-    goto done;
-  }
-  bool same = nd == 3;
-  for (int i = 0; same && i < 3; i++) same = found[i] == expect[i];
-  if (!same) {
-    dims_str(fs, sizeof fs, nd, found);
-    st = sr__seterr(SR_ERR_SHAPE, "%s: %s: shape %s found, expected %s ([%s][seq_len][head_dim])",
-                    f->path, obj, fs, es, w == 0 ? "q_heads" : "kv_heads");
-  }
-done:
-  if (type >= 0) H5Tclose(type);
-  if (space >= 0) H5Sclose(space);
-  if (st == SR_OK) f->dset[3 * l + w] = dset;
-  else if (dset >= 0) H5Dclose(dset);
-  return st;
-}
-
-sr_status sr_h5_in_open(sr_h5_in **fp, MPI_Comm comm, const char *path, const sr_config *cfg) {
-  *fp = NULL;
-  setup_error_reporting();
-  sr_h5_in *f = calloc(1, sizeof *f);
-  if (!f) return sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 input handle)");
-  f->comm = MPI_COMM_NULL;
-  f->file = H5I_INVALID_HID;
-  f->dxpl_coll = H5I_INVALID_HID;
-  sr_status st = comm_setup(comm, &f->comm, &f->rank, &f->nranks);
-  if (st != SR_OK) {
-    in_free(f);
-    return st;
-  }
-  hid_t fapl = H5I_INVALID_HID;
-
-  if (!path || !path[0] || !cfg) {
-    st = sr__seterr(SR_ERR_IO, "input path is empty");
-  } else {
-    f->path = sr__strdup(path);
-    f->layers = cfg->layers > 0 ? cfg->layers : 0;
-    f->heads[0] = cfg->q_heads;
-    f->heads[1] = f->heads[2] = cfg->kv_heads;
-    f->n = cfg->seq_len;
-    f->d = cfg->head_dim;
-    f->dset = malloc(sizeof *f->dset * (size_t)(3 * f->layers + 1));
-    if (!f->path || !f->dset) st = sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 input handle)");
-    else
-      for (int i = 0; i < 3 * f->layers; i++) f->dset[i] = H5I_INVALID_HID;
-  }
-  if (st == SR_OK && f->rank == 0) st = in_precheck(path);
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
-
-  /* Independent metadata reads (sr_h5_read_head_rows is not collective); every dataset is
-   * opened here once, so the reads themselves touch only raw data. */
-  if ((fapl = H5Pcreate(H5P_FILE_ACCESS)) < 0 ||
-      H5Pset_fapl_mpio(fapl, f->comm, MPI_INFO_NULL) < 0)
-    st = h5_fail(SR_ERR_IO, path, NULL, "file access property list");
-  else if ((f->dxpl_coll = H5Pcreate(H5P_DATASET_XFER)) < 0 ||
-           H5Pset_dxpl_mpio(f->dxpl_coll, H5FD_MPIO_COLLECTIVE) < 0)
-    st = h5_fail(SR_ERR_IO, path, NULL, "transfer property list");
-  else if ((f->file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0)
-    st = h5_fail(SR_ERR_IO, path, NULL, "H5Fopen");
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
-
-  /* Every rank checks every dataset: same file, same verdict; agreed anyway. */
-  for (int l = 0; st == SR_OK && l < f->layers; l++)
-    for (int w = 0; st == SR_OK && w < 3; w++) st = in_check_dataset(f, l, w);
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
-
-  H5Pclose(fapl);
-  *fp = f;
-  return SR_OK;
-
-fail:
-  if (fapl >= 0) H5Pclose(fapl);
-  H5Eclear2(H5E_DEFAULT);
-  in_free(f);
-  return st;
-}
-
-sr_status sr_h5_read_rows(sr_h5_in *f, int layer, char which, int heads, const int64_t *run_starts,
-                          int nruns, int64_t run_len, float *local) {
-  SR_ASSERT(f != NULL);
-  sr_status st = SR_OK;
-  hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
-  int w = which_index(which);
-  char obj[64];
-  snprintf(obj, sizeof obj, "/layers/%d/%c", layer, which);
-  if (w < 0 || layer < 0 || layer >= f->layers || heads != f->heads[w < 0 ? 0 : w])
-    st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: read of %d heads (file has %d layers, %d heads)",
-                    f->path, obj, heads, f->layers, w < 0 ? -1 : f->heads[w]);
-  if (st == SR_OK) st = check_runs(f->path, obj, f->n, run_starts, nruns, run_len);
-  if (st == SR_OK && nruns > 0 && run_len > 0 && !local)
-    st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: rows to read but no buffer", f->path, obj);
-  if (st == SR_OK) {
-    hid_t dset = f->dset[3 * layer + w];
-    hsize_t mdims[3] = {(hsize_t)heads, (hsize_t)nruns * (hsize_t)run_len, (hsize_t)f->d};
-    if ((fspace = H5Dget_space(dset)) < 0 ||
-        select_runs(fspace, heads, f->d, run_starts, nruns, run_len) < 0 ||
-        (mspace = H5Screate_simple(3, mdims, NULL)) < 0 ||
-        (mdims[1] == 0 && H5Sselect_none(mspace) < 0))
-      st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
-  }
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
-
-  /* float16 on disk is converted to native float by HDF5 (soft conversion); with a conversion
-   * HDF5 may fall back from collective to independent I/O internally, which is still correct. */
-  float dummy = 0.0f;
-  if (H5Dread(f->dset[3 * layer + w], H5T_NATIVE_FLOAT, mspace, fspace, f->dxpl_coll,
-              local ? local : &dummy) < 0)
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Dread");
-  st = agree(f->comm, f->rank, f->nranks, st);
-
-done:
-  if (mspace >= 0) H5Sclose(mspace);
-  if (fspace >= 0) H5Sclose(fspace);
-  return st;
-}
-
-sr_status sr_h5_read_head_rows(sr_h5_in *f, int layer, char which, int head, int64_t pos0,
-                               int64_t count, float *out) {
-  SR_ASSERT(f != NULL);
-  int w = which_index(which);
-  char obj[64];
-  snprintf(obj, sizeof obj, "/layers/%d/%c", layer, which);
-  if (w < 0 || layer < 0 || layer >= f->layers || head < 0 || head >= f->heads[w] || pos0 < 0 ||
-      count < 0 || pos0 + count > f->n || (count > 0 && !out))
-    return sr__seterr(SR_ERR_INTERNAL, "%s: %s: head %d rows [%" PRId64 ", %" PRId64
-                      ") outside the dataset", f->path, obj, head, pos0, pos0 + count);
-  if (count == 0) return SR_OK;
-  sr_status st = SR_OK;
-  hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
-  hsize_t start[3] = {(hsize_t)head, (hsize_t)pos0, 0};
-  hsize_t block[3] = {1, (hsize_t)count, (hsize_t)f->d}, one[3] = {1, 1, 1};
-  hsize_t mdims[2] = {(hsize_t)count, (hsize_t)f->d};
-  if ((fspace = H5Dget_space(f->dset[3 * layer + w])) < 0 ||
-      H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, one, block) < 0 ||
-      (mspace = H5Screate_simple(2, mdims, NULL)) < 0)
-    st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
-  else if (H5Dread(f->dset[3 * layer + w], H5T_NATIVE_FLOAT, mspace, fspace, H5P_DEFAULT, out) < 0)
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Dread");
-  if (mspace >= 0) H5Sclose(mspace);
-  if (fspace >= 0) H5Sclose(fspace);
-  return st;
-}
-
-/* Rank 0: hashes into *h one dataset's identity (its on-disk type, encoded, and its shape) and
- * the raw on-disk bytes of SR_FP_ROWS positions (every head, every element of a row): the first,
- * the last and the rest spread by a hash of (layer, which, i). */
-#define SR_FP_ROWS 16
-static sr_status fingerprint_dataset(sr_h5_in *f, int l, int w, uint64_t *h) {
-  sr_status st = SR_OK;
-  hid_t dset = f->dset[3 * l + w], type = H5I_INVALID_HID, fspace = H5I_INVALID_HID;
-  hid_t mspace = H5I_INVALID_HID;
-  unsigned char *buf = NULL;
-  char obj[64];
-  snprintf(obj, sizeof obj, "/layers/%d/%c", l, sr__which[w]);
-  size_t enc_len = 0;
-  if ((type = H5Dget_type(dset)) < 0 || H5Tencode(type, NULL, &enc_len) < 0) {
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Tencode");
-    goto done;
-  }
-  size_t esize = H5Tget_size(type);
-  const int64_t n = f->n, heads = f->heads[w], d = f->d;
-  size_t cap = enc_len + (size_t)heads * SR_FP_ROWS * (size_t)d * esize + 64;
-  if (!(buf = malloc(cap))) {
-    st = sr__seterr(SR_ERR_NOMEM, "out of memory (input fingerprint)");
-    goto done;
-  }
-  if (H5Tencode(type, buf, &enc_len) < 0) {
-    st = h5_fail(SR_ERR_IO, f->path, obj, "H5Tencode");
-    goto done;
-  }
-  int64_t shape[3] = {heads, n, d};
-  *h = sr_xxh64(buf, enc_len, *h) ^ sr_xxh64(shape, sizeof shape, (uint64_t)(3 * l + w));
-  if ((fspace = H5Dget_space(dset)) < 0 || H5Sselect_none(fspace) < 0) {
-    st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
-    goto done;
-  }
-  for (int i = 0; i < SR_FP_ROWS && n > 0; i++) {
-    uint64_t key[2] = {(uint64_t)(3 * l + w), (uint64_t)i};
-    int64_t pos = i == 0   ? 0
-                  : i == 1 ? n - 1
-                           : (int64_t)(sr_xxh64(key, sizeof key, 7) % (uint64_t)n);
-    hsize_t start[3] = {0, (hsize_t)pos, 0}, one[3] = {1, 1, 1};
-    hsize_t block[3] = {(hsize_t)heads, 1, (hsize_t)d};
-    if (H5Sselect_hyperslab(fspace, H5S_SELECT_OR, start, NULL, one, block) < 0) {
-      st = h5_fail(SR_ERR_IO, f->path, obj, "selection");
-      goto done;
-    }
-  }
-  hssize_t npts = H5Sget_select_npoints(fspace);
-  hsize_t mdims[1] = {(hsize_t)(npts > 0 ? npts : 1)};
-  if (npts > 0) {
-    /* The file type as the memory type: the bytes as stored, no conversion. Elements arrive in
-     * the file's row-major order of the selection, whatever order it was built in. */
-    if ((mspace = H5Screate_simple(1, mdims, NULL)) < 0 ||
-        H5Dread(dset, type, mspace, fspace, H5P_DEFAULT, buf) < 0) {
-      st = h5_fail(SR_ERR_IO, f->path, obj, "H5Dread");
-      goto done;
-    }
-    *h = sr_xxh64(buf, (size_t)npts * esize, *h);
-  }
-done:
-  free(buf);
-  if (mspace >= 0) H5Sclose(mspace);
-  if (fspace >= 0) H5Sclose(fspace);
-  if (type >= 0) H5Tclose(type);
-  return st;
-}
-
-sr_status sr_h5_in_fingerprint(sr_h5_in *f, uint64_t *fp) {
-  SR_ASSERT(f != NULL && fp != NULL);
-  uint64_t h = 0x5352494e50555431ull; /* "SRINPUT1" */
-  sr_status st = SR_OK;
-  if (f->rank == 0)
-    for (int l = 0; st == SR_OK && l < f->layers; l++)
-      for (int w = 0; st == SR_OK && w < 3; w++) st = fingerprint_dataset(f, l, w, &h);
-  H5Eclear2(H5E_DEFAULT);
-  if ((st = agree(f->comm, f->rank, f->nranks, st)) != SR_OK) return st;
-  int rc = MPI_Bcast(&h, 1, MPI_UINT64_T, 0, f->comm);
-  if (rc != MPI_SUCCESS) return agree(f->comm, f->rank, f->nranks, mpi_fail(rc, "MPI_Bcast"));
-  *fp = h;
-  return SR_OK;
-}
-
-void sr_h5_in_close(sr_h5_in *f) {
-  if (!f) return;
-  in_free(f);
-}

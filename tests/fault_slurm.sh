@@ -103,12 +103,21 @@ if [ "${SR_SLURM_TIMELIMIT:-0}" != 1 ]; then
   scancel --batch --signal=USR1 "$jid" || fail "scancel --signal failed"
 fi
 # The requeued job runs again; wait until it is done. Slurm holds a requeued job back for a
-# while (its begin time); as root the test lets it start at once.
+# while (its begin time); as root the test lets it start 1.5 s after it first sees the job
+# pending (an update also makes Slurm schedule at once): a restart within the second of the
+# kill would find its credential revoked ("Job credential revoked", the job then FAILED), which
+# is why Slurm waits in the first place.
+pending_since=0
 for i in $(seq 900); do
   s=$(state)
   [ "$(restarts)" -ge 1 ] 2>/dev/null && [ "$s" = COMPLETED ] && break
-  [ "$s" = PENDING ] && scontrol update jobid="$jid" StartTime=now 2>/dev/null
-  case $s in FAILED | CANCELLED | TIMEOUT | NODE_FAIL) fail "job ended $s: $(cat "$here"/job-*.out | tail -5)" ;; esac
+  if [ "$s" = PENDING ]; then
+    pending_since=$((pending_since + 1))
+    [ $pending_since -ge 8 ] && scontrol update jobid="$jid" StartTime=now 2>/dev/null
+  fi
+  case $s in FAILED | CANCELLED | TIMEOUT | NODE_FAIL)
+    fail "job ended $s: $(cat "$here"/job-*.out | tail -5); slurmctld: $(tail -n 3 "$S"/slurmctld.log)" ;;
+  esac
   sleep 0.2
 done
 [ "$(state)" = COMPLETED ] || fail "job not completed: $(state) (restarts $(restarts))"
