@@ -46,6 +46,20 @@ add_test(NAME e2e_dense_exact_check
          COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_json.sh ${SR_E2E_DIR}/dense.json relerr_max 1e-5)
 set_tests_properties(e2e_dense_exact PROPERTIES FIXTURES_SETUP e2e_dense)
 set_tests_properties(e2e_dense_exact_check PROPERTIES FIXTURES_REQUIRED e2e_dense LABELS e2e)
+# The report's phase times hang together (attention = each rank's plan + ring, download apart).
+add_test(NAME e2e_report_times COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_times.sh ${SR_E2E_DIR}/dense.json)
+set_tests_properties(e2e_report_times PROPERTIES FIXTURES_REQUIRED e2e_dense LABELS e2e)
+
+# Threads follow the launcher's binding: a rank held to one CPU (taskset, as mpirun's default
+# binding of <= 2 ranks does) runs one thread and says why. Skipped on a one-CPU machine.
+find_program(SR_TASKSET taskset)
+if(SR_TASKSET)
+  add_test(NAME e2e_threads_follow_binding
+           COMMAND bash -c "[ $(getconf _NPROCESSORS_ONLN) -ge 2 ] || exit 77; exec ${SR_TASKSET} -c 0 ${SR_MPIEXEC} --bind-to none -n 1 $<TARGET_FILE:sparsering_cli> run --set seq_len=1024 --set verify.rows=0 --set output.path=")
+  set_tests_properties(e2e_threads_follow_binding PROPERTIES LABELS e2e SKIP_RETURN_CODE 77
+                       ENVIRONMENT "${SR_MPI_ENV}"
+                       PASS_REGULAR_EXPRESSION "bound to 1 CPU by the launcher: 1 thread per rank.*ranks 1, backend cpu, transport mpi, 1 thread per rank")
+endif()
 
 # Every preset in configs/ parses and validates.
 file(GLOB SR_PRESETS CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/configs/*.yaml)
