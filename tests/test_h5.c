@@ -116,6 +116,25 @@ static int plan_runs(const sr_plan *p, int rank, int64_t *starts) {
   return p->chunks_per_rank;
 }
 
+/* This rank's rows of a global CSR selection over [q_heads][nqb_global] (gptr, gidx): local
+ * q-block m is global q-block chunk_of(m / qpc) * qpc + m % qpc, qpc q-blocks per chunk. */
+static sr_selection local_selection(const sr_plan *p, int q_heads, const int64_t *gptr,
+                                    const int32_t *gidx) {
+  const int64_t qpc = p->chunk_tokens / p->bq, nqb = p->nqb_global;
+  sr_selection sel = {.q_heads = q_heads, .nqb = p->nqb_local};
+  sel.row_ptr = calloc((size_t)(q_heads * p->nqb_local) + 1, sizeof *sel.row_ptr);
+  sel.col = malloc(sizeof *sel.col * (size_t)(gptr[q_heads * nqb] + 1));
+  for (int h = 0; h < q_heads; h++)
+    for (int64_t m = 0; m < p->nqb_local; m++) {
+      int64_t qb = chunk_of(p, g_rank, (int)(m / qpc)) * qpc + m % qpc;
+      int64_t gr = h * nqb + qb, lr = h * p->nqb_local + m;
+      sel.row_ptr[lr + 1] = sel.row_ptr[lr];
+      for (int64_t e = gptr[gr]; e < gptr[gr + 1]; e++) sel.col[sel.row_ptr[lr + 1]++] = gidx[e];
+    }
+  sel.nnz = sel.row_ptr[q_heads * p->nqb_local];
+  return sel;
+}
+
 /* Gathers rows of global [heads][n][d] (d = 0: [heads][n]) at the runs into local. */
 static void gather_rows(const float *global, int heads, int64_t n, int d, const int64_t *starts,
                         int nruns, int64_t run_len, float *local) {
@@ -390,19 +409,7 @@ static void selection_roundtrip(sr_shard_scheme shard, double density, const cha
     for (int64_t j = 0; j <= qb; j++)
       if ((double)(sr_test_next(&s) >> 11) * 0x1.0p-53 < density) gidx[gptr[r + 1]++] = (int32_t)j;
   }
-  /* This rank's rows: local q-block m is global q-block chunk*qpc + m % qpc. */
-  const int64_t qpc = p.chunk_tokens / p.bq;
-  sr_selection sel = {.q_heads = QH, .nqb = p.nqb_local};
-  sel.row_ptr = calloc((size_t)(QH * p.nqb_local) + 1, sizeof *sel.row_ptr);
-  sel.col = malloc(sizeof *sel.col * (size_t)(gptr[rows] + 1));
-  for (int h = 0; h < QH; h++)
-    for (int64_t m = 0; m < p.nqb_local; m++) {
-      int64_t qb = chunk_of(&p, g_rank, (int)(m / qpc)) * qpc + m % qpc;
-      int64_t gr = h * nqb + qb, lr = h * p.nqb_local + m;
-      sel.row_ptr[lr + 1] = sel.row_ptr[lr];
-      for (int64_t e = gptr[gr]; e < gptr[gr + 1]; e++) sel.col[sel.row_ptr[lr + 1]++] = gidx[e];
-    }
-  sel.nnz = sel.row_ptr[QH * p.nqb_local];
+  sr_selection sel = local_selection(&p, QH, gptr, gidx);
 
   char path[512];
   path_in(path, sizeof path, name);
@@ -883,18 +890,7 @@ static void test_checksums(void **state) {
     float *llse = malloc((size_t)QH * p.n_local * sizeof(float));
     gather_rows(gout, QH, n, D, starts, nruns, p.chunk_tokens, lout);
     gather_rows(glse, QH, n, 0, starts, nruns, p.chunk_tokens, llse);
-    const int64_t qpc = p.chunk_tokens / p.bq;
-    sr_selection sel = {.q_heads = QH, .nqb = p.nqb_local};
-    sel.row_ptr = calloc((size_t)(QH * p.nqb_local) + 1, sizeof *sel.row_ptr);
-    sel.col = malloc(sizeof *sel.col * (size_t)(gptr[rows] + 1));
-    for (int h = 0; h < QH; h++)
-      for (int64_t m = 0; m < p.nqb_local; m++) {
-        int64_t qb = chunk_of(&p, g_rank, (int)(m / qpc)) * qpc + m % qpc;
-        int64_t gr = h * nqb + qb, lr = h * p.nqb_local + m;
-        sel.row_ptr[lr + 1] = sel.row_ptr[lr];
-        for (int64_t e = gptr[gr]; e < gptr[gr + 1]; e++) sel.col[sel.row_ptr[lr + 1]++] = gidx[e];
-      }
-    sel.nnz = sel.row_ptr[QH * p.nqb_local];
+    sr_selection sel = local_selection(&p, QH, gptr, gidx);
 
     sr_ckpt_sums sums;
     unsigned all = SR_WRITE_OUT | SR_WRITE_LSE | SR_WRITE_SELECTION;

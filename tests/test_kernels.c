@@ -2,7 +2,7 @@
  * test_kernels.c — the CPU backend against float64 references, on fresh random inputs.
  *
  * Every output buffer is poisoned with NaN before the op runs, so an op that does not write
- * (a stub) or skips rows fails the comparison (NaN compares false with every tolerance).
+ * (an empty kernel) or skips rows fails the comparison (NaN compares false with every tolerance).
  * Attention inputs are built the way the runtime builds them: a global K/V per kv-head is cut
  * into bk-row blocks and stored in a slot pool (optionally in shuffled slot order); the rows
  * of K/V past the sequence end are NaN, so a kernel that reads masked keys fails. The

@@ -482,6 +482,12 @@ static void print_structure(const char *what, const structure *s) {
           what, s->sink_ratio, s->recency_ratio, s->heavy_ratio, s->needle_mass, s->needle_x_pos);
 }
 
+/* Bits 0..3: sinks, recency, heavy hitters, needles visible. */
+static unsigned visible(const structure *s) {
+  return (unsigned)sinks_visible(s) | (unsigned)recency_visible(s) << 1 |
+         (unsigned)heavy_visible(s) << 2 | (unsigned)needle_visible(s) << 3;
+}
+
 static void test_structure(void **state) {
   (void)state;
   sr_config c;
@@ -489,38 +495,20 @@ static void test_structure(void **state) {
   make_cfg(&c, 4096, 64, 4, 2, 16);
   measure(&c, &s);
   print_structure("defaults", &s);
-  assert_true(sinks_visible(&s));
-  assert_true(recency_visible(&s));
-  assert_true(heavy_visible(&s));
-  assert_true(needle_visible(&s));
+  assert_int_equal(visible(&s), 0xF);
 
-  make_cfg(&c, 4096, 64, 4, 2, 16);
-  c.synth.sink_strength = 0;
-  measure(&c, &s);
-  print_structure("sink_strength 0", &s);
-  assert_false(sinks_visible(&s));
-  assert_true(recency_visible(&s) && heavy_visible(&s) && needle_visible(&s));
-
-  make_cfg(&c, 4096, 64, 4, 2, 16);
-  c.synth.locality = 0;
-  measure(&c, &s);
-  print_structure("locality 0", &s);
-  assert_false(recency_visible(&s));
-  assert_true(sinks_visible(&s) && heavy_visible(&s) && needle_visible(&s));
-
-  make_cfg(&c, 4096, 64, 4, 2, 16);
-  c.synth.heavy_strength = 0;
-  measure(&c, &s);
-  print_structure("heavy_strength 0", &s);
-  assert_false(heavy_visible(&s));
-  assert_true(sinks_visible(&s) && recency_visible(&s) && needle_visible(&s));
-
-  make_cfg(&c, 4096, 64, 4, 2, 16);
-  c.synth.needle_strength = 0;
-  measure(&c, &s);
-  print_structure("needle_strength 0", &s);
-  assert_false(needle_visible(&s));
-  assert_true(sinks_visible(&s) && recency_visible(&s) && heavy_visible(&s));
+  /* Each strength at 0 removes its structure and only that one. */
+  static const char *const knob[4] = {"sink_strength 0", "locality 0", "heavy_strength 0",
+                                      "needle_strength 0"};
+  for (unsigned k = 0; k < 4; k++) {
+    make_cfg(&c, 4096, 64, 4, 2, 16);
+    float *field[4] = {&c.synth.sink_strength, &c.synth.locality, &c.synth.heavy_strength,
+                       &c.synth.needle_strength};
+    *field[k] = 0;
+    measure(&c, &s);
+    print_structure(knob[k], &s);
+    assert_int_equal(visible(&s), 0xF & ~(1u << k));
+  }
 
   /* Single-token needles. */
   make_cfg(&c, 4096, 64, 4, 2, 16);
