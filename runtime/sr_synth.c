@@ -130,6 +130,41 @@ int64_t sr_synth_needle_span(const sr_config *cfg) {
   return span;
 }
 
+/* Heavy hitter t of (layer, kv_head) lies in stratum t of [lo, N) (sr_synth_heavy); these find
+ * the last / first of them inside [a, b) without listing them all, or return -1. */
+static int64_t heavy_at(uint64_t key, int64_t lo, int64_t range, int64_t want, int64_t t) {
+  int64_t s0 = lo + (t * range) / want, s1 = lo + ((t + 1) * range) / want;
+  return s1 > s0 ? s0 + below(stream_at(key, (uint64_t)t), s1 - s0) : -1;
+}
+
+static int64_t heavy_scan(const sr_config *cfg, int layer, int kv_head, int64_t a, int64_t b,
+                          bool last) {
+  int64_t n = cfg->seq_len, want = cfg->synth.heavy_hitters;
+  /* A heavy hitter of strength 0 is none (rows equal those of heavy_hitters 0). */
+  if (n < 1 || want <= 0 || a >= b || cfg->synth.heavy_strength == 0) return -1;
+  uint64_t key = stream_key(cfg->seed, TAG_HEAVY, layer, kv_head);
+  int64_t lo = (int64_t)cfg->synth.sink_tokens;
+  if (lo >= n) lo = 0;
+  int64_t range = n - lo, found = -1;
+  int64_t t = a > lo ? ((a - lo) * want) / range - 1 : 0;
+  if (t < 0) t = 0;
+  for (; t < want && lo + (t * range) / want < b; t++) {
+    int64_t h = heavy_at(key, lo, range, want, t);
+    if (h >= a && h < b) {
+      found = h;
+      if (!last) break;
+    }
+  }
+  return found;
+}
+static int64_t heavy_in(const sr_config *cfg, int layer, int kv_head, int64_t a, int64_t b) {
+  return heavy_scan(cfg, layer, kv_head, a, b, true);
+}
+static int64_t heavy_in_first(const sr_config *cfg, int layer, int kv_head, int64_t a,
+                              int64_t b) {
+  return heavy_scan(cfg, layer, kv_head, a, b, false);
+}
+
 int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max) {
   int64_t n = cfg->seq_len;
   int64_t want = cfg->synth.needles;
@@ -161,6 +196,17 @@ int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *ou
     int64_t kmin = sinks < kmax ? sinks : kmax;
     if (kmin < 0) kmin = 0;
     int64_t kpos = kmin + below(stream_at(kk, (uint64_t)t), kmax - kmin + 1);
+    /* The key span holds no heavy hitter (a key that were both would carry the heavy direction
+     * without the locality term that the needle's strength compensates): moved just past the
+     * heavy hitter, or just before it, where [kmin, kmax] has room; left as drawn otherwise. */
+    for (int tries = 0; tries < 8; tries++) {
+      int64_t h = heavy_in(cfg, layer, kv_head, kpos, kpos + span);
+      if (h < 0) break;
+      int64_t first = heavy_in_first(cfg, layer, kv_head, kpos, kpos + span);
+      if (h + 1 <= kmax) kpos = h + 1;
+      else if (first - span >= kmin) kpos = first - span;
+      else break;
+    }
     out[count].qpos = qpos;
     out[count].kpos = kpos;
     out[count].span = span;
@@ -187,9 +233,8 @@ int sr_synth_heavy(const sr_config *cfg, int layer, int kv_head, int64_t *out, i
   int64_t range = n - lo;
   int count = 0;
   for (int64_t t = 0; t < want && count < max; t++) {
-    int64_t s0 = lo + (t * range) / want, s1 = lo + ((t + 1) * range) / want;
-    if (s1 <= s0) continue; /* empty stratum: more heavy hitters than positions */
-    out[count++] = s0 + below(stream_at(key, (uint64_t)t), s1 - s0);
+    int64_t h = heavy_at(key, lo, range, want, t);
+    if (h >= 0) out[count++] = h; /* else an empty stratum: more heavy hitters than positions */
   }
   qsort(out, (size_t)count, sizeof *out, cmp_i64);
   int u = 0;

@@ -280,6 +280,11 @@ static void test_positions(void **state) {
         assert_true(hv[t] >= (int64_t)c.synth.sink_tokens && hv[t] < c.seq_len);
         if (t) assert_true(hv[t] > hv[t - 1]);
       }
+      /* No needle key span holds a heavy hitter, where room is plenty (spans 1 and 16; a
+       * 4096-token span between heavy hitters 7000 apart may find none). */
+      for (int t = 0; t < nn && nd[0].span <= 16; t++)
+        for (int u = 0; u < nh; u++)
+          assert_false(hv[u] >= nd[t].kpos && hv[u] < nd[t].kpos + nd[t].span);
     }
   }
   /* Every N from 2 to 300 with spans 1, 3, 16 and 4096, more needles than room. */
