@@ -85,6 +85,8 @@ const sr__key sr__keys[] = {
      .doc = "HDF5 input file; required when input.source is hdf5, dropped otherwise"},
     {.parent = "input", .field = CYAML_FIELD_UINT("seed", OPT, sr_config, seed), .def = 1234,
      .doc = "seed of the synthetic generator"},
+    {.parent = "input", .field = CYAML_FIELD_BOOL("allow_nonfinite", OPT, sr_config, allow_nonfinite),
+     .def = 0, .doc = "accept NaN or infinite values in q, k, v (refused by default)"},
     {.parent = "input", .field = CYAML_FIELD_MAPPING("synthetic", OPT, sr_config, synth, NULL),
      .doc = "structure of the synthetic input (docs/SYNTHETIC.md)"},
     {SYNTH_U("sink_tokens", sink_tokens), .def = 4, RANGE(0, 1048576),
@@ -155,6 +157,9 @@ const sr__key sr__keys[] = {
     {SECTION("", "verify"), .doc = "checking against exact dense attention"},
     {.parent = "verify", .field = CYAML_FIELD_INT("rows", OPT, sr_config, verify_rows), .def = 64,
      RANGE(-1, SR__MAX_TOKENS), .doc = "rows per q-head checked; 0 = off, -1 = every row"},
+    {.parent = "verify", .field = CYAML_FIELD_FLOAT("max_relerr", OPT, sr_config, verify_max_relerr),
+     .def = -1, RANGE(-1, SR__MAX_STRENGTH),
+     .doc = "fail the run when a head's relative error exceeds this; -1 = the storage type's tolerance for dense and off for sparse methods, 0 = off"},
 
     {SECTION("", "report"), .doc = "what is reported"},
     {.parent = "report",

@@ -58,6 +58,7 @@ typedef struct sr_config {
   sr_input_source input_source;
   char *input_path;        /* owned; NULL unless source = hdf5 */
   uint64_t seed;
+  bool allow_nonfinite;    /* accept NaN/Inf in q, k, v                                  */
   sr_synth_params synth;
   /* geometry */
   int64_t seq_len;
@@ -79,6 +80,7 @@ typedef struct sr_config {
   bool resume;             /* continue the checkpoint of an interrupted run                */
   /* verify */
   int64_t verify_rows;     /* 0 off, -1 every row, else sampled rows per q-head          */
+  double verify_max_relerr; /* > 0 limit per head; 0 off; -1 auto (dense: dtype tolerance) */
   /* report */
   char *report_json;       /* owned; NULL = no JSON file */
   bool progress;           /* print per-layer progress lines */
