@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# jobs/gpu/bench_2gpu.sh [OUT_DIR] — the 2-GPU benchmark of docs/MULTIGPU.md, for the 2×H200 host.
-# Run from the repo root after `source .gpudeps/env.sh`, with the CUDA build in build-gpu/.
+# jobs/gpu/bench_2gpu.sh [OUT_DIR] — the 2-GPU benchmark of docs/MULTIGPU.md, on one node with
+# (at least) 2 GPUs, e.g. inside an allocation of 2 GPUs. Needs the CUDA build in build-gpu/
+# (jobs/gpu/build.sh), mpirun on PATH (your MPI module; or the staged tree of
+# jobs/gpu/stage-deps.sh, whose .gpudeps/env.sh is sourced when present), and python3.
 #
 # 128K tokens, 32 q-heads / 8 kv-heads, d = 128, bf16 (backend cuda), blocks 128:
 #   NVLink (NCCL P2P):  1 GPU dense | 2 GPUs dense, dense_ring  -> parallel efficiency t1/(2 t2)
@@ -13,20 +15,20 @@
 # copy of the results to the host is reported apart as download), the median over the layers
 # after the first (layer 0 is a warm-up).
 #
-# Every JSON report is kept, verbatim, in OUT_DIR/bench_2gpu.json (one file: the device tool
-# brings back few files); the table goes to stdout and OUT_DIR/bench_2gpu.txt, every run's
-# output to OUT_DIR/bench_2gpu.log. OUT_DIR: $1, else $OUT, else bench/results/gpu-2gpu.
+# Every JSON report is kept, verbatim, in OUT_DIR/bench_2gpu.json (one file with everything);
+# the table goes to stdout and OUT_DIR/bench_2gpu.txt, every run's output to
+# OUT_DIR/bench_2gpu.log. OUT_DIR: $1, else $OUT, else bench/results/gpu-2gpu.
 # Knobs (environment): N (131072), NSOCK (socket-part tokens, default N), BLOCK (128),
 # LAYERS (3), VERIFY_ROWS (8), SR_BIN (build-gpu/sparsering), RUN_LIMIT (s per run, 150),
 # BUDGET (s, 480: runs that would start later are skipped and marked so).
-# Designed to end well inside 9 minutes; if the NVLink part overruns, the socket part drops to
-# 32768 tokens by itself and the table says so.
+# Designed to end within about 9 minutes (BUDGET + one run); if the NVLink part overruns, the
+# socket part drops to 32768 tokens by itself and the table says so.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
-# The staged Open MPI + parallel HDF5 (../shared/gpuhost/stage-deps.sh), unless already sourced.
+# The staged Open MPI + parallel HDF5 (jobs/gpu/stage-deps.sh), if present and not yet sourced.
 # shellcheck source=/dev/null
 if [ -z "${OPAL_PREFIX:-}" ] && [ -f .gpudeps/env.sh ]; then . .gpudeps/env.sh; fi
-export NCCL_NVLS_ENABLE=0 # NVLink multicast stays off (shared host); send/recv never needs it
+export NCCL_NVLS_ENABLE=0 # NVLink SHARP (multicast) off: send/recv never needs it
 export NCCL_DEBUG=${NCCL_DEBUG:-VERSION} # prints the NCCL version line into the log
 
 N=${N:-131072}
@@ -45,7 +47,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 die() { echo "bench_2gpu: $*" >&2; exit 1; }
-[ -x "$bin" ] || die "$bin not found (build it: jobs/gpu/build.sh on the CPU machine, carry build-gpu)"
+[ -x "$bin" ] || die "$bin not found (build it: jobs/gpu/build.sh)"
 ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU [0-9]')
 [ "$ngpu" -ge 2 ] || die "needs 2 GPUs, nvidia-smi lists ${ngpu:-none}"
 command -v python3 >/dev/null || die "python3 is needed for the table"

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# jobs/gpu/check_2gpu.sh [BUILD_DIR] — the gpu-labelled CTest subset (tests/gpu_mpi.cmake) on the
-# GPU host. Run from the repo root; BUILD_DIR defaults to build-gpu (made by jobs/gpu/build.sh on
-# the CPU machine and carried here together with .gpudeps/).
+# jobs/gpu/check_2gpu.sh [BUILD_DIR] [ctest args...] — the gpu-labelled tests (tests/gpu_mpi.cmake,
+# tests/gpu.cmake) on a node with GPUs, e.g. inside a 2-GPU allocation. Run from anywhere;
+# BUILD_DIR defaults to build-gpu (jobs/gpu/build.sh). mpirun comes from PATH (your MPI module,
+# or the staged tree of jobs/gpu/stage-deps.sh, whose .gpudeps/env.sh is sourced when present).
 #
-# CTest files hold absolute paths of the machine that configured the build. When the repo sits
-# elsewhere here, the old source and build paths are made to point at this checkout (symbolic
-# links, only where nothing exists at those paths), so the carried build runs unchanged.
-# Tests needing more GPUs than the host has (np 3 and 4) report "skipped".
+# CTest files hold the absolute paths of the machine that configured the build. When the build
+# was made elsewhere and copied here, the old source and build paths are made to point at this
+# checkout (symbolic links, only where nothing exists at those paths), so it runs unchanged.
+# Tests that need more GPUs than the node has (np 3 and 4 on 2 GPUs) report "skipped".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# The staged Open MPI + parallel HDF5 (../shared/gpuhost/stage-deps.sh), unless already sourced.
+# The staged Open MPI + parallel HDF5 (jobs/gpu/stage-deps.sh), if present and not yet sourced.
 # shellcheck source=/dev/null
 if [ -z "${OPAL_PREFIX:-}" ] && [ -f .gpudeps/env.sh ]; then . .gpudeps/env.sh; fi
 export NCCL_NVLS_ENABLE=0
