@@ -37,12 +37,14 @@ typedef enum sr_status {
   SR_ERR_BACKEND = -7,  /* backend not available or failed                            */
   SR_ERR_INTERNAL = -8, /* a bug: an invariant did not hold                           */
   SR_ERR_USAGE = -9,    /* bad command line                                           */
+  SR_ERR_VERIFY = -10,  /* the result failed its own verification (verify.max_relerr)  */
 } sr_status;
 
 const char *sr_strerror(sr_status s);
 /* The one-line message of the last error set on this thread ("" if none). */
 const char *sr_last_error(void);
-/* Process exit code for a status: 0 ok, 2 usage/config, 3 shape, 4 io, 5 exists, 1 other. */
+/* Process exit code for a status: 0 ok, 2 usage/config, 3 shape, 4 io, 5 exists,
+ * 6 verification failed, 1 other. */
 int sr_exit_code(sr_status s);
 const char *sr_version(void);
 

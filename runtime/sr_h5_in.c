@@ -5,6 +5,7 @@
  * (collective entry points but sr_h5_read_head_rows, agreement before returning, one-line
  * errors naming file and dataset, hid_t closed on every path).
  */
+#define _POSIX_C_SOURCE 200809L /* st_mtim */
 #include "sr_ckpt.h" /* sr_xxh64 */
 #include "sr_h5_internal.h"
 
@@ -27,6 +28,11 @@ struct sr_h5_in {
   int heads[3];    /* q_heads, kv_heads, kv_heads                   */
   int64_t n;
   int d;
+  /* What the file was when opened (rank 0), re-checked before and after every layer's reads:
+   * a file truncated, rewritten or replaced under a running job must stop it, not feed it
+   * zeros (MPI-IO reads past the end of a file return zeros and success). */
+  struct stat id;  /* device, inode, size, mtime */
+  uint64_t *fp;    /* [layers][3] fingerprint of each dataset (fingerprint_dataset) */
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -47,6 +53,7 @@ static void in_free(sr_h5_in *f) {
     for (int i = 0; i < 3 * f->layers; i++)
       if (f->dset[i] >= 0) H5Dclose(f->dset[i]);
   free(f->dset);
+  free(f->fp);
   if (f->dxpl_coll >= 0) H5Pclose(f->dxpl_coll);
   if (f->file >= 0) H5Fclose(f->file);
   if (f->comm != MPI_COMM_NULL) MPI_Comm_free(&f->comm);
@@ -54,11 +61,18 @@ static void in_free(sr_h5_in *f) {
   free(f);
 }
 
-/* Rank 0: does the input exist and is it HDF5? */
+static const char *file_kind(mode_t m) {
+  return S_ISDIR(m) ? "a directory" : S_ISFIFO(m) ? "a FIFO" : S_ISSOCK(m) ? "a socket"
+         : S_ISCHR(m) ? "a character device" : S_ISBLK(m) ? "a block device" : "not a regular file";
+}
+
+/* Rank 0: does the input exist, is it a regular file (a FIFO would block the open forever) and
+ * is it HDF5? */
 static sr_status in_precheck(const char *path) {
   struct stat sb;
   if (stat(path, &sb) != 0) return sr__seterr(SR_ERR_IO, "%s: %s", path, strerror(errno));
-  if (S_ISDIR(sb.st_mode)) return sr__seterr(SR_ERR_IO, "%s: is a directory", path);
+  if (!S_ISREG(sb.st_mode))
+    return sr__seterr(SR_ERR_IO, "%s: is %s, not a regular HDF5 file", path, file_kind(sb.st_mode));
   if (access(path, R_OK) != 0) return sr__seterr(SR_ERR_IO, "%s: %s", path, strerror(errno));
   htri_t is = H5Fis_hdf5(path);
   H5Eclear2(H5E_DEFAULT);
@@ -127,6 +141,61 @@ done:
   return st;
 }
 
+/* Rank 0: one past the last byte of the dataset's raw data in the file (0 when none is
+ * allocated or the layout keeps it in the object header). Contiguous: exact. Chunked: the
+ * largest end among up to 64 chunks spread over the index (HDF5 1.10 lists chunks one call
+ * each), which catches a file cut short; a change after the open is caught by in_check_same. */
+static sr_status dataset_end(sr_h5_in *f, hid_t dset, const char *obj, uint64_t *end) {
+  *end = 0;
+  hid_t dcpl = H5Dget_create_plist(dset);
+  if (dcpl < 0) return sr__h5_fail(SR_ERR_IO, f->path, obj, "H5Dget_create_plist");
+  H5D_layout_t layout = H5Pget_layout(dcpl);
+  H5Pclose(dcpl);
+  if (layout == H5D_CONTIGUOUS) {
+    haddr_t off = H5Dget_offset(dset);
+    if (off != HADDR_UNDEF) *end = (uint64_t)off + (uint64_t)H5Dget_storage_size(dset);
+  } else if (layout == H5D_CHUNKED) {
+    hid_t space = H5Dget_space(dset);
+    hsize_t nchunks = 0;
+    if (space < 0 || H5Dget_num_chunks(dset, space, &nchunks) < 0) {
+      if (space >= 0) H5Sclose(space);
+      return sr__h5_fail(SR_ERR_IO, f->path, obj, "H5Dget_num_chunks");
+    }
+    const hsize_t probes = nchunks < 64 ? nchunks : 64;
+    for (hsize_t i = 0; i < probes; i++) {
+      hsize_t idx = probes > 1 ? i * (nchunks - 1) / (probes - 1) : 0;
+      hsize_t coff[H5S_MAX_RANK];
+      unsigned mask = 0;
+      haddr_t addr = HADDR_UNDEF;
+      hsize_t size = 0;
+      if (H5Dget_chunk_info(dset, space, idx, coff, &mask, &addr, &size) < 0) {
+        H5Sclose(space);
+        return sr__h5_fail(SR_ERR_IO, f->path, obj, "H5Dget_chunk_info");
+      }
+      if (addr != HADDR_UNDEF && (uint64_t)addr + size > *end) *end = (uint64_t)addr + size;
+    }
+    H5Sclose(space);
+  }
+  return SR_OK;
+}
+
+/* Rank 0: every dataset's raw data lies within the file as it is on storage now (MPI-IO reads
+ * past the end of a file return zeros and success). */
+static sr_status in_check_whole(sr_h5_in *f) {
+  struct stat sb;
+  if (stat(f->path, &sb) != 0) return sr__seterr(SR_ERR_IO, "%s: %s", f->path, strerror(errno));
+  for (int i = 0; i < 3 * f->layers; i++) {
+    char obj[64];
+    snprintf(obj, sizeof obj, "/layers/%d/%c", i / 3, sr__which[i % 3]);
+    uint64_t end = 0;
+    SR_TRY(dataset_end(f, f->dset[i], obj, &end));
+    if ((uint64_t)sb.st_size < end)
+      return sr__seterr(SR_ERR_IO, "%s: truncated: %s ends at byte %llu, the file has %lld",
+                        f->path, obj, (unsigned long long)end, (long long)sb.st_size);
+  }
+  return SR_OK;
+}
+
 sr_status sr_h5_in_open(sr_h5_in **fp, MPI_Comm comm, const char *path, const sr_config *cfg) {
   *fp = NULL;
   sr__h5_setup_errors();
@@ -174,6 +243,16 @@ sr_status sr_h5_in_open(sr_h5_in **fp, MPI_Comm comm, const char *path, const sr
   /* Every rank checks every dataset: same file, same verdict; agreed anyway. */
   for (int l = 0; st == SR_OK && l < f->layers; l++)
     for (int w = 0; st == SR_OK && w < 3; w++) st = in_check_dataset(f, l, w);
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
+
+  /* Rank 0 remembers what the file is, and checks that it holds every byte the library will
+   * address (a file cut short reads as zeros past its end). */
+  if (f->rank == 0) {
+    f->fp = calloc((size_t)(3 * f->layers + 1), sizeof *f->fp);
+    if (!f->fp) st = sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 input handle)");
+    else if (stat(path, &f->id) != 0) st = sr__seterr(SR_ERR_IO, "%s: %s", path, strerror(errno));
+    else st = in_check_whole(f);
+  }
   if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto fail;
 
   H5Pclose(fapl);
@@ -331,6 +410,45 @@ sr_status sr_h5_in_fingerprint(sr_h5_in *f, uint64_t *fp) {
   if (rc != MPI_SUCCESS) return sr__h5_agree(f->comm, f->rank, f->nranks, sr__h5_mpi_fail(rc, "MPI_Bcast"));
   *fp = h;
   return SR_OK;
+}
+
+/* Rank 0: the path still names the file opened (same device and inode), unchanged in size and
+ * modification time, and still whole. */
+static sr_status in_check_same(sr_h5_in *f, int layer) {
+  struct stat sb;
+  if (stat(f->path, &sb) != 0)
+    return sr__seterr(SR_ERR_IO, "%s: %s while layer %d was read (the input must stay in place "
+                      "until the run ends)", f->path, strerror(errno), layer);
+  if (sb.st_dev != f->id.st_dev || sb.st_ino != f->id.st_ino)
+    return sr__seterr(SR_ERR_IO, "%s: replaced by another file while the run read it (layer %d)",
+                      f->path, layer);
+  if (sb.st_size != f->id.st_size)
+    return sr__seterr(SR_ERR_IO, "%s: changed size while the run read it (layer %d): %lld -> %lld "
+                      "bytes", f->path, layer, (long long)f->id.st_size, (long long)sb.st_size);
+  if (sb.st_mtim.tv_sec != f->id.st_mtim.tv_sec || sb.st_mtim.tv_nsec != f->id.st_mtim.tv_nsec)
+    return sr__seterr(SR_ERR_IO, "%s: modified while the run read it (layer %d)", f->path, layer);
+  return in_check_whole(f);
+}
+
+sr_status sr_h5_in_check(sr_h5_in *f, int layer, int after) {
+  SR_ASSERT(f != NULL);
+  sr_status st = SR_OK;
+  if (layer < 0 || layer >= f->layers)
+    st = sr__seterr(SR_ERR_INTERNAL, "%s: check of layer %d of %d", f->path, layer, f->layers);
+  if (st == SR_OK && f->rank == 0) {
+    st = in_check_same(f, layer);
+    for (int w = 0; st == SR_OK && w < 3; w++) {
+      uint64_t h = 0;
+      st = fingerprint_dataset(f, layer, w, &h);
+      if (st != SR_OK) break;
+      if (!after) f->fp[3 * layer + w] = h;
+      else if (h != f->fp[3 * layer + w])
+        st = sr__seterr(SR_ERR_IO, "%s: /layers/%d/%c changed while the run read it", f->path,
+                        layer, sr__which[w]);
+    }
+    H5Eclear2(H5E_DEFAULT);
+  }
+  return sr__h5_agree(f->comm, f->rank, f->nranks, st);
 }
 
 void sr_h5_in_close(sr_h5_in *f) {

@@ -16,6 +16,7 @@
  * learns whether any rank received SIGTERM / SIGUSR1 (one MPI_Allreduce), and all stop there
  * together, the checkpoint intact.
  */
+#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include "sr_run.h"
 
 #include "kernels.h"
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *const sr_phase_names[SR_PH_COUNT] = {
@@ -58,11 +60,30 @@ static sr_status rows_fn(void *ctx, int layer, char which, int head, int64_t pos
 /* Fills this rank's [heads][n_local][d] rows of q, k or v into backend storage `dst`, through
  * the host staging buffer. Synthetic: generated in place, no communication. HDF5: one
  * collective hyperslab read. */
+/* Values at or above this magnitude are refused with the non-finite ones: with |q|, |k| below
+ * 2^59 every q.k of a head dim <= 256 stays below 2^126, finite in float32 (and in bf16). */
+#define SR_INPUT_MAX_ABS 576460752303423488.0f /* 2^59 */
+
+/* The first (lowest index) element of stage [heads][n_local][d] that is NaN, infinite or too
+ * large, or -1. One pass, on the rank's threads. */
+static int64_t first_bad_value(const float *stage, size_t n) {
+  int64_t first = INT64_MAX;
+#pragma omp parallel for schedule(static) reduction(min : first)
+  for (int64_t i = 0; i < (int64_t)n; i++)
+    if (!(fabsf(stage[i]) < SR_INPUT_MAX_ABS) && i < first) first = i;
+  return first == INT64_MAX ? -1 : first;
+}
+
+/* Fills this rank's [heads][n_local][d] rows of q, k or v into backend storage `dst`, through
+ * the host staging buffer. Synthetic: generated in place, no communication. HDF5: one
+ * collective hyperslab read. Non-finite (or overflowing) values are refused unless
+ * input.allow_nonfinite: they would otherwise turn into zero rows or NaN without a word. */
 static sr_status load_rows(row_source *rs, const sr_plan *p, const sr_backend *be, int layer,
                            char which, float *stage, void *dst) {
   int heads = which == 'q' ? p->q_heads : p->kv_heads;
   int64_t starts[SR_MAX_CHUNKS_PER_RANK];
   int nruns = sr_plan_runs(p, p->rank, starts);
+  const size_t n = (size_t)heads * (size_t)p->n_local * (size_t)p->d;
   if (rs->h5)
     SR_TRY(sr_h5_read_rows(rs->h5, layer, which, heads, starts, nruns, p->chunk_tokens, stage));
   else
@@ -70,7 +91,23 @@ static sr_status load_rows(row_source *rs, const sr_plan *p, const sr_backend *b
       for (int c = 0; c < nruns; c++)
         sr_synth_rows(rs->cfg, layer, which, h, starts[c], p->chunk_tokens,
                       stage + ((size_t)h * p->n_local + (size_t)c * p->chunk_tokens) * p->d);
-  return be->store(dst, stage, (size_t)heads * (size_t)p->n_local * (size_t)p->d);
+  if (!rs->cfg->allow_nonfinite) {
+    const int64_t bad = first_bad_value(stage, n);
+    if (bad >= 0) {
+      const int64_t row = bad / p->d, h = row / p->n_local, lrow = row % p->n_local;
+      const int64_t c = lrow / p->chunk_tokens, pos = starts[c] + lrow % p->chunk_tokens;
+      const float x = stage[bad];
+      char what[64];
+      if (isnan(x)) snprintf(what, sizeof what, "NaN");
+      else if (isinf(x)) snprintf(what, sizeof what, "infinite value %g", (double)x);
+      else snprintf(what, sizeof what, "value %g too large (|x| >= 2^59)", (double)x);
+      return sr__seterr(SR_ERR_IO, "%s: /layers/%d/%c: %s at head %lld, row %lld, dim %lld "
+                        "(set input.allow_nonfinite=true to accept it)",
+                        rs->h5 ? rs->cfg->input_path : "synthetic input", layer, which, what,
+                        (long long)h, (long long)pos, (long long)(bad % p->d));
+    }
+  }
+  return be->store(dst, stage, n);
 }
 
 /* Threads per rank: the configured count, or the node's cores shared among its ranks, but no
@@ -190,11 +227,14 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   double t0 = sr__now();
 
   st = sr_comm_agree(w->comm, alloc_layer(p, be, &s));
+  if (st == SR_OK && rs->h5) st = sr_h5_in_check(rs->h5, layer, 0); /* collective, agreed */
   if (st != SR_OK) goto done;
   /* generate / read */
   const size_t kv_elems = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
-  st = load_rows(rs, p, be, layer, 'q', s.stage, s.q);
-  if (st == SR_OK) st = load_rows(rs, p, be, layer, 'k', s.stage, s.kv);
+  /* Agreed after each of q, k, v: HDF5 reads are collective, and a rank that refused its rows
+   * (non-finite values) must not leave the others inside the next read. */
+  st = sr_comm_agree(w->comm, load_rows(rs, p, be, layer, 'q', s.stage, s.q));
+  if (st == SR_OK) st = sr_comm_agree(w->comm, load_rows(rs, p, be, layer, 'k', s.stage, s.kv));
   if (st == SR_OK)
     st = load_rows(rs, p, be, layer, 'v', s.stage, (char *)s.kv + kv_elems * be->elem_bytes);
   if (st == SR_OK) st = be->sync();
@@ -235,6 +275,11 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
     st = be->copy_out(s.out_h, s.out, (size_t)p->q_heads * (size_t)p->n_local * (size_t)p->d);
   if (st == SR_OK) st = be->copy_out(s.lse_h, s.lse, (size_t)p->q_heads * (size_t)p->n_local);
   r->t[SR_PH_DOWNLOAD] = sr__now() - c0;
+  /* Test hook (tests/trust.cmake): SR_TEST_PERTURB_OUT=L makes layer L's result wrong (q-head
+   * 0's rows scaled by 1.5 on every rank), the case the verification gate exists for. */
+  const char *perturb = getenv("SR_TEST_PERTURB_OUT");
+  if (st == SR_OK && perturb && atoi(perturb) == layer)
+    for (size_t i = 0; i < (size_t)p->n_local * (size_t)p->d; i++) s.out_h[i] *= 1.5f;
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
   r->t[SR_PH_EXCHANGE] = plan_s + rt.exchange_s;
@@ -270,7 +315,7 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
     double recall_sum = 0;
     int64_t rows = 0, recall_rows = 0;
     for (int h = 0; h < p->q_heads; h++) {
-      double e = s.qual.ref2[h] > 0 ? sqrt(s.qual.err2[h] / s.qual.ref2[h]) : 0;
+      double e = s.qual.rows[h] == 0 ? 0 : sr_quality_rel_err(&s.qual, h); /* NaN stays NaN */
       double rc = s.qual.recall_rows[h] > 0 ? s.qual.recall[h] / (double)s.qual.recall_rows[h] : 0;
       r->head_relerr[h] = e;
       r->head_recall[h] = rc;
@@ -286,12 +331,54 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
     r->rows_checked = rows;
     r->recall_mean = recall_rows > 0 ? recall_sum / (double)recall_rows : 0;
     r->lse_maxerr = s.qual.lse_maxerr;
+    /* The gate: every rank holds the same reduced sums, so every rank takes the same branch and
+     * they leave together; the layer is not written, the output stays unpublished. */
+    const double limit = sr_verify_limit(cfg, be->elem_bytes);
+    if (limit > 0) {
+      int worst = -1;
+      for (int h = 0; h < p->q_heads; h++)
+        if (s.qual.rows[h] > 0 && !(r->head_relerr[h] <= limit) &&
+            (worst < 0 || !(r->head_relerr[h] <= r->head_relerr[worst])))
+          worst = h;
+      if (worst >= 0) {
+        st = sr__seterr(SR_ERR_VERIFY,
+                        "verification failed: layer %d, q-head %d: relative error %.3g > "
+                        "verify.max_relerr %.3g (%s, %s storage); nothing of this layer is "
+                        "written and the output is not published",
+                        layer, worst, r->head_relerr[worst], limit, sr_method_name(cfg->method),
+                        be->elem_bytes == 4 ? "fp32" : "bf16");
+        goto done;
+      }
+    }
   }
+  /* Every read of this layer (the rows and the verifier's) came from the file as it was. */
+  if (rs->h5) st = sr_h5_in_check(rs->h5, layer, 1);
   r->t[SR_PH_VERIFY] = sr__now() - t0;
 done:
   if (st == SR_OK) *sp = s;
   else layer_state_free(&s);
   return st;
+}
+
+/* Test hook (tests/fault_input.sh): SR_TEST_HOLD="L:PATH" stops every rank before layer L
+ * until PATH exists, after rank 0 has created PATH.held — so a test can change the input
+ * between two layers on an event, not on a guess of how long a layer takes. At most 60 s. */
+static void test_hold(int layer, const sr_world *w) {
+  const char *h = getenv("SR_TEST_HOLD");
+  char *end = NULL;
+  if (!h || strtol(h, &end, 10) != layer || !end || *end != ':') return;
+  const char *path = end + 1;
+  if (w->rank == 0) {
+    char held[4200];
+    snprintf(held, sizeof held, "%s.held", path);
+    FILE *f = fopen(held, "w");
+    if (f) fclose(f);
+  }
+  for (int i = 0; i < 6000 && access(path, F_OK) != 0; i++) {
+    struct timespec ts = {0, 10000000L};
+    nanosleep(&ts, NULL);
+  }
+  MPI_Barrier(w->comm);
 }
 
 /* Reduces a layer's rank-local values onto rank 0 (max of times, sums of counters). */
@@ -564,6 +651,7 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     char *metrics = NULL;
     double t0 = sr__now();
     sr_ckpt_point("unit_start", l, w->rank);
+    test_hold(l, w);
     st = run_layer(cfg, w, &plan, be, t, &rs, l, top_chunks, r, &s);
     if (st != SR_OK) goto out;
     r->t[SR_PH_TOTAL] = sr__now() - t0;

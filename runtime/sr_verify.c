@@ -109,6 +109,12 @@ void sr_quality_summarize(const sr_quality *q, sr_quality_summary *s) {
   s->needle_mass = s->needles > 0 ? nm / (double)s->needles : NAN;
 }
 
+double sr_verify_limit(const sr_config *cfg, size_t elem_bytes) {
+  if (cfg->verify_max_relerr >= 0) return cfg->verify_max_relerr;
+  if (cfg->method != SR_METHOD_DENSE) return 0;
+  return elem_bytes >= 4 ? SR_VERIFY_TOL_FP32 : SR_VERIFY_TOL_BF16;
+}
+
 /* ---- sampling ---------------------------------------------------------------------------- */
 
 static inline uint64_t mix64(uint64_t z) {

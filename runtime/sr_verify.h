@@ -84,6 +84,14 @@ sr_status sr_verify_layer(const sr_config *cfg, const sr_plan *p, int layer, sr_
 /* Relative error of one head, sqrt(err2 / ref2) (NAN if no row was checked). */
 double sr_quality_rel_err(const sr_quality *q, int head);
 
+/* The relative error a head may show before the run fails (verify.max_relerr): the configured
+ * value when > 0; none (0) when it is 0; for -1 (auto) the tolerance of the storage type for
+ * methods that claim exactness (dense: SR_VERIFY_TOL_FP32 for 4-byte, SR_VERIFY_TOL_BF16 for
+ * 2-byte storage) and none for sparse methods, whose error is their approximation. */
+#define SR_VERIFY_TOL_FP32 1e-4
+#define SR_VERIFY_TOL_BF16 1e-2
+double sr_verify_limit(const sr_config *cfg, size_t elem_bytes);
+
 typedef struct sr_quality_summary {
   int64_t rows;              /* rows checked, all heads                          */
   double rel_err;            /* sqrt(sum err2 / sum ref2), all heads             */

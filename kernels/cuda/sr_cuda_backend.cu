@@ -76,8 +76,14 @@ sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
   for (int i = 0; i < n; i++) total += align16(pieces[i].bytes);
   void *dev = NULL;
   SR_TRY(sr__cuda_scratch(which, total > 0 ? total : 16, &dev));
-  for (int i = 0, off = 0; i < n; off += (int)align16(pieces[i].bytes), i++)
+  /* Offsets in size_t: one piece alone passes 2 GiB at 512K tokens x 32 heads dense (the
+   * kpos array of 268M entries); an int offset wrapped there and every later piece pointed
+   * before the scratch area. */
+  size_t off = 0;
+  for (int i = 0; i < n; i++) {
     *pieces[i].dev = (char *)dev + off;
+    off += align16(pieces[i].bytes);
+  }
   if (total == 0) return SR_OK;
   stage_slot *s = &G.stage[G.stage_next];
   G.stage_next = (G.stage_next + 1) % SR_STAGE_N;
@@ -91,7 +97,7 @@ sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
       return sr__seterr(SR_ERR_NOMEM, "CUDA backend: out of pinned host memory (%zu bytes)", cap);
     s->cap = cap;
   }
-  size_t off = 0;
+  off = 0;
   for (int i = 0; i < n; i++) {
     if (pieces[i].bytes) memcpy((char *)s->host + off, pieces[i].host, pieces[i].bytes);
     off += align16(pieces[i].bytes);
