@@ -6,7 +6,7 @@
 # data; then a resume of a run killed before its last layer: restore + checksum verification
 # time and rate. Writes OUT.json (default bench/results/ckpt_<backend>.json) and prints a summary.
 #
-# Environment (defaults for the CPU machine; on the GPU host e.g.
+# Environment (defaults for a CPU run; on a GPU node e.g.
 #   BACKEND=cuda NP=2 CONFIG=configs/prefill-128k.yaml LAYERS=4 bench/bench_ckpt.sh):
 #   SR_BIN   the CLI (build/sparsering)      NP      ranks (2)       REPS   repetitions (5)
 #   BACKEND  cpu | cuda (cpu)                CONFIG  YAML (configs/demo.yaml)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""peers.py — the peers of sr_bench_gpu on the same shapes, in the same run (PERF.md).
+"""peers.py — the peers of sr_bench_gpu on the same shapes, in the same run (docs/PERFORMANCE.md).
 
 PyTorch SDPA with the flash backend (FlashAttention-2) and the cuDNN backend on dense causal
 attention, and FlexAttention (torch.compile) with a BlockMask built from the exact CSR masks

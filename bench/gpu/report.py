@@ -3,11 +3,12 @@
 
 Usage: python3 report.py OURS.json PEERS.json OUT.json [--mask-block 128] [--nvcc VERSION]
 
-Ratios (same run, same device, PERF.md): ours dense vs SDPA-flash and vs SDPA-cuDNN (ours at
+Ratios (same run, same device; docs/PERFORMANCE.md): ours dense vs SDPA-flash and vs SDPA-cuDNN (ours at
 the block size that is faster for dense causal, named in the table); ours vs FlexAttention on
 the same mask at the same block size (sparse-aware TFLOP/s); ours sparse-aware at sparsity
-0.9 (density ~0.1) over ours dense. Goals (PERF.md): dense >= 1.1x SDPA-flash at 32K-128K;
-at density 0.1 sparse-aware >= 0.9x our dense and >= 1.3x FlexAttention.
+0.9 (density ~0.1) over ours dense. Goals (docs/PERFORMANCE.md): dense >= 1.0x SDPA-cuDNN at
+16K-128K; at density 0.1 sparse-aware >= 0.9x our dense and >= 1.3x FlexAttention. The earlier
+goal dense >= 1.1x SDPA-flash at 32K-128K is still reported.
 """
 import argparse
 import ctypes
@@ -108,6 +109,12 @@ def main():
                   f"{f('ratio_vs_sdpa_cudnn', 8)} {f('ratio_vs_flex_same_mask')} "
                   f"{f('sparse_over_dense', 8)}")
     goals = {}
+    dense = [r for r in rows if r["sparsity_target"] == 0.0 and r["n"] >= 16384 and
+             "ratio_vs_sdpa_cudnn" in r]
+    if dense:
+        worst = min(r["ratio_vs_sdpa_cudnn"] for r in dense)
+        goals["dense_vs_sdpa_cudnn_16k_128k"] = {"goal": 1.0, "worst_ratio": worst,
+                                                 "met": worst >= 1.0}
     big = [r for r in rows if r["sparsity_target"] == 0.0 and r["n"] >= 32768 and
            "ratio_vs_sdpa_flash" in r]
     if big:

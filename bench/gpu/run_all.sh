@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# run_all.sh — the GPU attention benchmark with its peers in one run, on the GPU host.
+# run_all.sh — the GPU attention benchmark with its peers in one run, on a node with a GPU.
 #
-#   source .gpudeps/env.sh; bench/gpu/run_all.sh [BUILD_DIR] [OUT_JSON] [sr_bench_gpu options]
+#   bench/gpu/run_all.sh [BUILD_DIR] [OUT_JSON] [sr_bench_gpu options]
+#
+# BUILD_DIR (default build-gpu) must hold bench_gpu/sr_bench_gpu (-DSR_BUILD_BENCH=ON); the peers
+# need Python 3 with PyTorch and numpy.
 #
 # Runs sr_bench_gpu (ours; writes the masks), then peers.py (SDPA flash / cuDNN, FlexAttention
 # on the same masks), then report.py, which merges both into OUT_JSON (default
@@ -21,7 +24,7 @@ work=${SR_BENCH_WORK:-$(mktemp -d)}   # the two JSON files
 masks=${SR_BENCH_MASKS:-$work/masks}   # the CSR masks (large: up to ~70 MB each at 128K)
 mkdir -p "$work" "$masks"
 # The nvcc that built BUILD_DIR (CMake records it under CMakeFiles/<version>/); SR_NVCC_VERSION
-# overrides, for a carried folder that holds only the binaries.
+# overrides, for a build folder copied without its CMakeFiles/.
 nvcc_ver=${SR_NVCC_VERSION:-$(sed -n 's/^set(CMAKE_CUDA_COMPILER_VERSION "\(.*\)")/\1/p' \
   "$build"/CMakeFiles/*/CMakeCUDACompiler.cmake 2>/dev/null | head -1)}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv
