@@ -1,6 +1,6 @@
 /*
  * bench_cpu.c — sr_bench_cpu: the CPU backend's attention against the machine's sgemm,
- * measured in one run on the same threads (PERF.md: always report a ratio to a peer).
+ * measured in one run on the same threads (docs/PERFORMANCE.md: always report a ratio to a peer).
  *
  *   1. sgemm GFLOP/s (OpenBLAS cblas_sgemm, square problem): the ceiling of the machine.
  *   2. Dense causal attention GFLOP/s, FLOPs = 4 * N^2 * d / 2 per q-head, and its ratio to
@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MIN_RUNS 5 /* PERF.md: median of >= 5 timed runs after warm-up */
+#define MIN_RUNS 5 /* docs/PERFORMANCE.md: median of >= 5 timed runs after warm-up */
 #define GOAL_DENSE_RATIO 0.5 /* dense attention / sgemm                      */
 #define GOAL_SPARSE_EFF 0.8  /* speedup / ideal at sparsity 0.9               */
 
@@ -548,7 +548,7 @@ int main(int argc, char **argv) {
     }
   }
 
-  /* Goals (PERF.md): the worst config decides. */
+  /* Goals (docs/PERFORMANCE.md): the worst config decides. */
   double min_ratio = INFINITY, min_eff = INFINITY;
   for (int i = 0; i < NCFG; i++) {
     const double flops = 4.0 * (double)o.n * o.n * cfg[i].d / 2 * Q_HEADS;

@@ -87,7 +87,7 @@ typedef struct sr_backend {
   /* Host: indices of the k largest of x[0..n) (ties broken by the lower index), written to
    * idx in descending score order. k <= n. x and idx are host memory on every backend. */
   sr_status (*topk)(const float *x, int64_t n, int k, int32_t *idx);
-  /* Block-Sparse rows of a score tile (METHODS.md §2.3): for row i of s (backend memory,
+  /* Block-Sparse rows of a score tile (docs/METHODS.md §2.3): for row i of s (backend memory,
    * row stride ld), the candidates are s[i][0..causal[i]) with entries 0, causal[i]-1 and
    * causal[i]-2 forced to +inf; the keep[i] best (ties: lower index) are written ascending to
    * idx_host[i*K ...]. causal, keep: host arrays of `rows`; keep[i] <= min(causal[i], K).

@@ -1,5 +1,5 @@
 /*
- * sr_run.c — the pipeline of a run, layer by layer (ARCHITECTURE.md "The data flow"):
+ * sr_run.c — the pipeline of a run, layer by layer (docs/DESIGN.md "Data flow of one prefill layer"):
  *
  *   generate/read Q,K,V rows -> summarise (pool + all-gather key means) -> select (method) ->
  *   plan the exchange (request lists) -> ring: exchange overlapped with compute -> verify ->

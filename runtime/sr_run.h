@@ -29,7 +29,7 @@ typedef struct sr_layer_result {
   uint64_t pairs_causal;        /* q_heads * N(N+1)/2                                        */
   uint64_t nnz_blocks;          /* selected (q-head, q-block, k-block) entries               */
   int top_chunks;               /* Block-Sparse budget used (0 for dense)                   */
-  double sparsity_paper;        /* METHODS.md §3 formula for the method (0 for dense)        */
+  double sparsity_paper;        /* docs/METHODS.md §3 formula for the method (0 for dense)        */
   double sparsity_measured;     /* 1 - pairs_computed / pairs_causal                         */
   double flops_effective;       /* 4 d pairs_causal (dense-equivalent)                       */
   double flops_sparse;          /* 4 d pairs_computed                                        */

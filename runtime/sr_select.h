@@ -33,7 +33,7 @@ typedef struct sr_summaries {
 /* Dense: every causal block. */
 sr_status sr_select_dense(const sr_plan *p, sr_selection *sel);
 
-/* Block-Sparse (METHODS.md §2.3): per q-head, s[m][j] = mean(q block m) . mean(k block j)
+/* Block-Sparse (docs/METHODS.md §2.3): per q-head, s[m][j] = mean(q block m) . mean(k block j)
  * (unscaled); forced: block 0, the diagonal block and the block below it; future blocks are
  * never chosen; the top K by score (ties: lower block id) for K = min(top_chunks, nkb_global),
  * keeping min(causal blocks, K) per q-block. q is this rank's [q_heads][n_local][d] in backend
@@ -41,7 +41,7 @@ sr_status sr_select_dense(const sr_plan *p, sr_selection *sel);
 sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const void *q,
                                  const sr_summaries *sum, int top_chunks, sr_selection *sel);
 
-/* Paper's analytic Block-Sparse sparsity for nblocks blocks and budget k (METHODS.md §3):
+/* Paper's analytic Block-Sparse sparsity for nblocks blocks and budget k (docs/METHODS.md §3):
  * 1 - [k(k+1)/2 + (N-k)k] / [N(N+1)/2], with k clipped to N. */
 double sr_block_sparse_sparsity(int64_t nblocks, int64_t k);
 /* The budget k in [3, nblocks] whose analytic sparsity is closest to target. */

@@ -3,7 +3,7 @@
 # shell gets SIGUSR1 (`scancel --batch --signal=USR1`, what --signal=B:USR1@N delivers), the
 # job exits 75 and requeues itself with `scontrol requeue`, the requeued job (restart 1)
 # resumes, and the published file is identical to an uninterrupted run.
-# Starts its own munged, slurmctld and slurmd under this test's directory (INFRA.md recipe) and
+# Starts its own munged, slurmctld and slurmd under this test's directory and
 # stops them by PID at the end. Needs root and Debian's slurm-wlm + munge; exit 77 (skipped)
 # without them. With SR_SLURM_TIMELIMIT=1 the signal comes from a real 1-minute time limit
 # (--time=1 --signal=B:USR1@50) instead: slower (about 2 minutes), for a manual check.

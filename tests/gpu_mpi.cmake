@@ -2,7 +2,7 @@
 # command runs through tests/gpu_run.sh, which exits 77 (CTest "skipped") where no GPU, or fewer
 # GPUs than ranks, is visible: on CPU-only machines these tests are reported skipped, never
 # passed. Registered only in SR_CUDA builds. They share one RESOURCE_LOCK, so `ctest -j` never
-# puts two of them on the GPUs at once. Run them on the GPU host with jobs/gpu/check_2gpu.sh.
+# puts two of them on the GPUs at once. On a GPU node: jobs/gpu/check_2gpu.sh.
 #
 # What they establish:
 #  - rank-count agreement on the GPU (Block-Sparse, both exchange modes, np 1..4, blocks 64 and
@@ -94,7 +94,7 @@ set(SR_GPU_DIR ${CMAKE_CURRENT_BINARY_DIR}/gpu)
 file(MAKE_DIRECTORY ${SR_GPU_DIR})
 set(SR_GPU_RUN ${CMAKE_CURRENT_SOURCE_DIR}/gpu_run.sh)
 # 12288 tokens split into whole 64- and 128-token blocks per zigzag chunk for 1, 2, 3, 4 ranks
-# (chunks of 3072, 2048, 1536 tokens); GQA group 4; d = 128, the PERF.md head size.
+# (chunks of 3072, 2048, 1536 tokens); GQA group 4; d = 128, the head size of docs/PERFORMANCE.md.
 set(SR_GPU_ARGS -q -f --set seq_len=12288 --set model.layers=2 --set model.q_heads=8
     --set model.kv_heads=2 --set model.head_dim=128 --set attention.sparsity=0.8
     --set verify.rows=8)
@@ -177,8 +177,8 @@ sr_gpu_test(gpu_bytes_ring_np2 GPUS 2 NP 2 FIXTURE gpu_bytes_ring
             COMMAND $<TARGET_FILE:sparsering_cli> ${SR_GPU_ARGS} ${SR_GPU_B64} --set backend=cuda
                     --set attention.method=dense --set exchange=dense_ring --set verify.rows=0
                     -j ${SR_GPU_DIR}/bytes_ring_np2.json)
-# `cmake` from PATH, not this machine's ${CMAKE_COMMAND}: the GPU host runs a carried build and
-# has its own CMake (from pip) elsewhere.
+# `cmake` from PATH, not the configuring machine's ${CMAKE_COMMAND}: a build made on a login node
+# may run on a compute node whose CMake lives elsewhere.
 sr_gpu_test(gpu_bytes_check GPUS 2 REQUIRES "gpu_bytes_cpu;gpu_bytes_cuda;gpu_bytes_ring"
             COMMAND cmake -DMODE=bytes -DCPU=${SR_GPU_DIR}/bytes_cpu_np2.json
                     -DCUDA=${SR_GPU_DIR}/bytes_cuda_np2.json -DRING=${SR_GPU_DIR}/bytes_ring_np2.json

@@ -6,10 +6,10 @@
 #   --gpus N   GPUs needed (default 1). No driver, no `nvidia-smi`, or `nvidia-smi -L` listing
 #              fewer than N GPUs (or CUDA_VISIBLE_DEVICES naming fewer) means skip.
 #   --np N     launch COMMAND with N MPI ranks, one GPU each (implies --gpus N). The launcher is
-#              $SR_GPU_MPIEXEC, else `mpirun` from PATH: on the GPU host that is the staged Open
-#              MPI put first by `source .gpudeps/env.sh` (the host's own /usr/bin/mpirun must not
-#              be mixed with the staged libraries, and a build carried from another machine
-#              would name that machine's launcher). Ranks are not bound to cores, so each rank's
+#              $SR_GPU_MPIEXEC, else `mpirun` from PATH: with the staged Open MPI of
+#              jobs/gpu/stage-deps.sh that is the one `source .gpudeps/env.sh` puts first (a
+#              node's own /usr/bin/mpirun must not be mixed with the staged libraries, and a
+#              build made on another machine would name that machine's launcher). Ranks are not bound to cores, so each rank's
 #              OpenMP threads (input generation, CPU verify) spread over the node.
 # NCCL_NVLS_ENABLE is forced to 0 for everything started here (NVLink multicast stays off).
 set -u

@@ -7,7 +7,7 @@
  * into bk-row blocks and stored in a slot pool (optionally in shuffled slot order); the rows
  * of K/V past the sequence end are NaN, so a kernel that reads masked keys fails. The
  * reference reads K/V by global position, never through the pool, so a wrong slot fails too.
- * Tolerances (ARCHITECTURE.md): ||out - ref|| / ||ref|| <= 1e-5, |lse - ref| <= 1e-4.
+ * Tolerances (docs/DESIGN.md, "Correctness"): ||out - ref|| / ||ref|| <= 1e-5, |lse - ref| <= 1e-4.
  */
 #include <setjmp.h>
 #include <stdarg.h>

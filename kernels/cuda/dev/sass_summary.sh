@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sass_summary.sh BINARY — per kernel of the ladder: tensor-core instructions (HGMMA = wgmma,
 # HMMA = mma.sync), ldmatrix (LDSM), async copies (LDGSTS), 128-bit shared loads, local
-# memory traffic (LDL/STL = spills) and barriers. Needs cuobjdump (on the GPU host).
+# memory traffic (LDL/STL = spills) and barriers. Needs cuobjdump (CUDA toolkit).
 set -euo pipefail
 cuobjdump -sass "$1" | awk '
   /Function :/ { if (name) report(); name = $3; delete c; next }
