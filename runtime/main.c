@@ -6,6 +6,12 @@
  * may be readable on one node and not another. Only rank 0 prints. The process exit code
  * depends on the error class (sr_exit_code), the same on every rank, so `mpirun` returns it.
  *
+ * File names given as options (-c, -o, --json) are taken literally: "-o null" writes a file
+ * called null (sr_config_load never parses the value of a string key as YAML). Before the run
+ * computes anything, every place it will write is checked on rank 0 and the verdict agreed
+ * (sr_outputs_check): two outputs naming one file, a missing directory, a dangling symbolic
+ * link or an existing output are refused at once, not after hours of computing.
+ *
  * SIGTERM and SIGUSR1 (what Slurm's --signal sends; mpirun forwards SIGUSR1 to every rank)
  * only set a flag: the run stops at the next layer boundary with its checkpoint written and
  * the process exits with SR_EXIT_INTERRUPTED (75), which a job script requeues on.
@@ -14,6 +20,7 @@
 #include "sr_ckpt.h"
 #include "sr_comm.h"
 #include "sr_config.h"
+#include "sr_h5.h"
 #include "sr_internal.h"
 #include "sr_run.h"
 
@@ -91,6 +98,12 @@ int main(int argc, char **argv) {
   opterr = 0;
   int c;
   while (st == SR_OK && (c = getopt_long(argc, argv, ":c:s:o:frj:qhV", opts, NULL)) != -1) {
+    /* An empty file name is a mistake (an unset shell variable), not "none". */
+    if ((c == 'c' || c == 'o' || c == 'j') && optarg && !optarg[0]) {
+      st = sr__seterr(SR_ERR_USAGE, "option %s needs a file name, got an empty one (see --help)",
+                      c == 'c' ? "-c/--config" : c == 'o' ? "-o/--output" : "-j/--json");
+      break;
+    }
     switch (c) {
     case 'c': config_path = optarg; break;
     case 's': overrides[n_over++] = strdup(optarg); break;
@@ -127,6 +140,11 @@ int main(int argc, char **argv) {
   if (quiet) cfg.progress = false;
   st = sr_comm_agree(MPI_COMM_WORLD, st);
   if (st != SR_OK) goto fail;
+  /* Every output location, before anything is computed (rank 0 looks, all agree). */
+  if (strcmp(command, "run") == 0) {
+    st = sr_outputs_check(MPI_COMM_WORLD, &cfg, config_path);
+    if (st != SR_OK) goto fail;
+  }
 
   if (strcmp(command, "config") == 0 || !quiet) {
     if (rank == 0) {

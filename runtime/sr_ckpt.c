@@ -228,6 +228,23 @@ static sr_status remove_dir(const char *dir) {
   return SR_OK;
 }
 
+/* A run killed between publishing <path> and removing its checkpoint leaves the directory
+ * without data.h5: nothing in it is needed any more. */
+void sr_ckpt_tidy(const char *path) {
+  struct stat sb, db;
+  size_t n = strlen(path) + sizeof ".partial.d/data.h5";
+  char *dir = malloc(n), *data = malloc(n);
+  if (dir && data) {
+    snprintf(dir, n, "%s.partial.d", path);
+    snprintf(data, n, "%s.partial.d/data.h5", path);
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && lstat(dir, &db) == 0 &&
+        S_ISDIR(db.st_mode) && stat(data, &db) != 0 && errno == ENOENT)
+      remove_dir(dir);
+  }
+  free(dir);
+  free(data);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The checkpoint
  * ------------------------------------------------------------------------------------------- */
@@ -592,12 +609,7 @@ static sr_status decide(sr_ckpt *c, int *mode, sr__manifest *m) {
   else if (access(pdir, W_OK | X_OK) != 0)
     st = sr__seterr(SR_ERR_IO, "%s: output directory not writable: %s", pdir, strerror(errno));
   else if (stat(c->path, &sb) == 0) {
-    struct stat db;
-    /* A run killed between publishing <path> and removing its checkpoint leaves the directory
-     * without data.h5: nothing in it is needed any more. */
-    if (!S_ISDIR(sb.st_mode) && lstat(c->dir, &db) == 0 && S_ISDIR(db.st_mode) &&
-        stat(c->data, &db) != 0 && errno == ENOENT)
-      remove_dir(c->dir);
+    sr_ckpt_tidy(c->path);
     if (S_ISDIR(sb.st_mode))
       st = sr__seterr(SR_ERR_IO, "%s: output path is a directory", c->path);
     else if (!c->o.overwrite)

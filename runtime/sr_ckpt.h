@@ -115,6 +115,11 @@ typedef struct sr_ckpt_opts {
   int64_t q_heads, seq_len, head_dim, block_q; /* granule geometry of the checksums          */
 } sr_ckpt_opts;
 
+/* Rank 0 (file system only): removes "<path>.partial.d" when <path> is a published output and
+ * the directory holds no data.h5 any more (a run killed between its publish and the removal of
+ * its checkpoint); nothing else. Called before an existing output is refused. */
+void sr_ckpt_tidy(const char *path);
+
 /* Collective. Opens the output of a checkpointed run. Rank 0 decides from the file system:
  *   - P exists: SR_ERR_EXISTS unless overwrite (P itself is only replaced at commit);
  *   - P.partial.d with at least one completed layer: resumed when o->resume (after validating

@@ -3,11 +3,17 @@
  * name the file, line and dotted key.
  *
  * The path of a config through this file:
- *   1. libyaml parses the text into a document (syntax errors carry the line);
- *   2. each override "a.b.c=value" parses `value` as a YAML document of its own and grafts it
- *      into the main document at a.b.c, creating mappings on the way; nodes added this way
- *      have ids above the last node of the file, which is how a later error knows to say
- *      "--set a.b.c" instead of "file:line";
+ *   1. libyaml parses the text into a document (syntax errors carry the line). A first pass
+ *      over libyaml's events bounds the nesting, the number of values and of anchors before
+ *      the document is built: libyaml's scanner costs time proportional to the nesting depth
+ *      for every token (it rechecks every open flow level for a possible key), so 200 kB of
+ *      "[[[[..." took close to a minute; stopped at SR__MAX_NESTING levels it is linear;
+ *   2. each override "a.b.c=value" parses `value` as a YAML document of its own (the same
+ *      bounds) and grafts it into the main document at a.b.c, creating mappings on the way;
+ *      nodes added this way have ids above the last node of the file, which is how a later
+ *      error knows to say "--set a.b.c" instead of "file:line". The value of a string key
+ *      (input.path, output.path, report.json) is not parsed: it is the file name, byte for
+ *      byte, so "null", "#1.h5" or "a: b.h5" name files like any other text (empty = none);
  *   3. a walk over the document records every dotted key with its nodes (the key -> line map)
  *      and rejects unknown and duplicate keys and malformed numbers and booleans: libcyaml
  *      1.3.1 reads "1.5" as the integer 1, "-1" as a huge unsigned, "0.1 0.2" as 0.1 and any
@@ -17,7 +23,10 @@
  *      backtrace; the key -> line map turns that into "file:line: key: problem". Lines in
  *      libcyaml's own messages refer to the re-emitted text, so they are not used;
  *   5. keys present in the document replace the defaults; then the bounds of sr__keys and the
- *      cross-field rules are checked, with the same "where" prefix.
+ *      cross-field rules are checked, with the same "where" prefix. Strings are taken from the
+ *      document, not from libcyaml, which reads a quoted 'null' or '~' as no string: only a
+ *      plain ~ / null / empty value (or '') means none, so the effective config (strings
+ *      quoted) loads back to the same file names.
  */
 #define _POSIX_C_SOURCE 200809L
 #define SR_CONFIG_INTERNAL
@@ -25,16 +34,25 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define SR__MAX_FILE_BYTES (16u << 20) /* a config larger than this is a mistake              */
-#define SR__MAX_DEPTH 32               /* nesting of copied / emitted nodes (alias loops)      */
-#define SR__MAX_NODES 100000           /* nodes emitted after alias expansion                  */
+#define SR__MAX_NESTING 32 /* collections inside collections, in the text or a --set value (a
+                              config needs 3); also bounds libyaml's per-token cost            */
+#define SR__MAX_DEPTH 48   /* nesting of copied / emitted nodes: SR__MAX_NESTING plus the
+                              sections a --set path adds; more is aliases (a loop)             */
+#define SR__MAX_NODES 100000   /* values in the text, and emitted after alias expansion         */
+#define SR__MAX_ANCHORS 1000   /* libyaml looks anchors up one by one: bounded, so is the cost  */
+#define SR__MAX_OVERRIDES 4096 /* each is grafted with a scan of the top-level keys             */
+#define SR__NAME_SHOWN 256     /* a longer config file name is shown as head...tail             */
 
 /* One key of the document: its dotted name and the ids of its key and value nodes. */
 typedef struct sr__entry {
@@ -43,7 +61,9 @@ typedef struct sr__entry {
 } sr__entry;
 
 typedef struct sr__load {
-  const char *name; /* file name in messages */
+  const char *name; /* file name in messages (shortened when long: the reason must show) */
+  const char *full_name; /* the file name itself (cfg->source_name) */
+  char name_buf[SR__NAME_SHOWN];
   sr__index ix;
   yaml_document_t doc;
   bool have_doc;
@@ -51,6 +71,7 @@ typedef struct sr__load {
   sr__entry *map;
   int n_map, cap_map;
   size_t emitted; /* nodes emitted so far (alias bomb guard) */
+  int aliases;    /* aliases in the text and the overrides (for messages)            */
   char log[4096]; /* libcyaml's log of the failed load */
   size_t log_len;
 } sr__load;
@@ -191,7 +212,93 @@ static sr_status syntax_error(const char *name, const yaml_parser_t *p) {
                     (unsigned long)p->problem_mark.line + 1, problem);
 }
 
+/* Where a prescan failure is reported: "file:line: " for the config text, "--set key: " for an
+ * override's value. */
+typedef struct scan_where {
+  const char *name;    /* file name, or NULL for an override */
+  const char *set_key; /* the override's key                 */
+  const char *value;   /* the override's value text          */
+} scan_where;
+
+static sr_status scan_error(const scan_where *at, unsigned long line, const char *problem) {
+  if (at->name) return sr__seterr(SR_ERR_CONFIG, "%s:%lu: %s", at->name, line + 1, problem);
+  return sr__seterr(SR_ERR_CONFIG, "--set %s: %s", at->set_key, problem);
+}
+
+/* One pass over the events of text before a document is built from it: refuses nesting deeper
+ * than SR__MAX_NESTING, more than SR__MAX_NODES values and more than SR__MAX_ANCHORS anchors,
+ * stopping at the first event past a bound, so that the cost of any input is linear in its
+ * length (libyaml's scanner pays for every open flow level on every token; its loader looks
+ * each alias up among all anchors). Syntax errors are reported as the loader would. Adds the
+ * aliases seen to L->aliases. */
+static sr_status prescan(sr__load *L, const scan_where *at, const char *text, size_t len) {
+  yaml_parser_t p;
+  yaml_event_t ev;
+  if (!yaml_parser_initialize(&p)) return sr__seterr(SR_ERR_NOMEM, "out of memory (libyaml)");
+  yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+  sr_status s = SR_OK;
+  int depth = 0, nodes = 0, anchors = 0;
+  char why[96];
+  for (bool end = false; s == SR_OK && !end;) {
+    if (!yaml_parser_parse(&p, &ev)) {
+      if (at->name) {
+        s = syntax_error(at->name, &p);
+      } else {
+        char sh[80];
+        size_t i, n = strlen(at->value);
+        for (i = 0; i < n && i < 60; i++)
+          sh[i] = (unsigned char)at->value[i] < 0x20 || at->value[i] == 0x7f ? '?' : at->value[i];
+        snprintf(sh + i, sizeof sh - i, "%s", i < n ? "..." : "");
+        s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", at->set_key, sh,
+                       p.problem ? p.problem : "syntax error");
+      }
+      break;
+    }
+    unsigned long line = (unsigned long)ev.start_mark.line;
+    const yaml_char_t *anchor = NULL;
+    switch (ev.type) {
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT:
+      anchor = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
+                                                    : ev.data.mapping_start.anchor;
+      nodes++;
+      if (++depth > SR__MAX_NESTING) {
+        snprintf(why, sizeof why, "nesting deeper than %d levels of lists and mappings",
+                 SR__MAX_NESTING);
+        s = scan_error(at, line, why);
+      }
+      break;
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT: depth--; break;
+    case YAML_SCALAR_EVENT:
+      anchor = ev.data.scalar.anchor;
+      nodes++;
+      break;
+    case YAML_ALIAS_EVENT:
+      nodes++;
+      L->aliases++;
+      break;
+    case YAML_STREAM_END_EVENT: end = true; break;
+    default: break;
+    }
+    if (s == SR_OK && nodes > SR__MAX_NODES) {
+      snprintf(why, sizeof why, "more than %d values", SR__MAX_NODES);
+      s = scan_error(at, line, why);
+    }
+    if (s == SR_OK && anchor && ++anchors > SR__MAX_ANCHORS) {
+      snprintf(why, sizeof why, "more than %d anchors (&name)", SR__MAX_ANCHORS);
+      s = scan_error(at, line, why);
+    }
+    yaml_event_delete(&ev);
+  }
+  yaml_parser_delete(&p);
+  return s;
+}
+
 static sr_status parse_text(sr__load *L, const char *text, size_t len) {
+  scan_where at = {.name = L->name};
+  L->n_file_nodes = 0;
+  SR_TRY(prescan(L, &at, text, len));
   yaml_parser_t p;
   if (!yaml_parser_initialize(&p)) return sr__seterr(SR_ERR_NOMEM, "out of memory (libyaml)");
   yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
@@ -322,6 +429,26 @@ static const char *printable(char *buf, size_t n, const char *s) {
   return buf;
 }
 
+/* Whether s[0..len) is well-formed UTF-8 (what libyaml accepts in a scalar). */
+static bool utf8_valid(const char *s, size_t len) {
+  const unsigned char *u = (const unsigned char *)s;
+  for (size_t i = 0; i < len;) {
+    unsigned c = u[i];
+    size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (!n || i + n > len) return false;
+    uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
+    for (size_t k = 1; k < n; k++) {
+      if ((u[i + k] & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (u[i + k] & 0x3F);
+    }
+    if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
+        cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+      return false;
+    i += n;
+  }
+  return true;
+}
+
 static sr_status apply_override(sr__load *L, const char *assign) {
   const char *eq = strchr(assign, '=');
   char sh[80];
@@ -340,21 +467,39 @@ static sr_status apply_override(sr__load *L, const char *assign) {
                       hint);
   }
   const char *value = eq + 1;
-  yaml_parser_t p;
-  yaml_document_t vdoc;
-  if (!yaml_parser_initialize(&p)) return sr__seterr(SR_ERR_NOMEM, "out of memory (libyaml)");
-  yaml_parser_set_input_string(&p, (const unsigned char *)value, strlen(value));
-  if (!yaml_parser_load(&p, &vdoc)) {
-    sr_status s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", key,
-                             printable(sh, sizeof sh, value), p.problem ? p.problem : "syntax error");
+  int row = sr__index_find(&L->ix, key), id;
+  if (sr__keys[row].field.value.type == CYAML_STRING && value[0]) {
+    /* A file name from the command line is the name, byte for byte: parsed as YAML, "null"
+     * would mean no output, "#1.h5" would be a comment and "a: b.h5" a mapping. The node is
+     * quoted, so that it is emitted (and read back by libcyaml) as a string. */
+    if (!utf8_valid(value, strlen(value)))
+      return sr__seterr(SR_ERR_CONFIG, "--set %s: the value is not UTF-8 text", key);
+    id = yaml_document_add_scalar(&L->doc, NULL, (yaml_char_t *)value, (int)strlen(value),
+                                  YAML_SINGLE_QUOTED_SCALAR_STYLE);
+    if (!id) return sr__seterr(SR_ERR_NOMEM, "out of memory applying --set %s", key);
+  } else {
+    scan_where at = {.set_key = key, .value = value};
+    SR_TRY(prescan(L, &at, value, strlen(value)));
+    yaml_parser_t p;
+    yaml_document_t vdoc;
+    if (!yaml_parser_initialize(&p)) return sr__seterr(SR_ERR_NOMEM, "out of memory (libyaml)");
+    yaml_parser_set_input_string(&p, (const unsigned char *)value, strlen(value));
+    if (!yaml_parser_load(&p, &vdoc)) {
+      sr_status s =
+          sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", key,
+                     printable(sh, sizeof sh, value), p.problem ? p.problem : "syntax error");
+      yaml_parser_delete(&p);
+      return s;
+    }
     yaml_parser_delete(&p);
-    return s;
+    /* An empty value is an empty scalar: null for strings, an error for numbers. */
+    id = yaml_document_get_root_node(&vdoc) ? copy_node(L, &vdoc, 1, 0) : add_scalar(&L->doc, "");
+    yaml_document_delete(&vdoc);
+    /* The prescan bounded the nesting and the count of the text: what is left is aliases. */
+    if (!id)
+      return sr__seterr(SR_ERR_CONFIG, "--set %s: aliases nest deeper than %d levels or expand "
+                        "to more than %d values", key, SR__MAX_DEPTH, SR__MAX_NODES);
   }
-  yaml_parser_delete(&p);
-  /* An empty value is an empty scalar: null for strings, an error for numbers. */
-  int id = yaml_document_get_root_node(&vdoc) ? copy_node(L, &vdoc, 1, 0) : add_scalar(&L->doc, "");
-  yaml_document_delete(&vdoc);
-  if (!id) return sr__seterr(SR_ERR_CONFIG, "--set %s: value nests too deeply", key);
   if (!set_path(L, key, id))
     return sr__seterr(SR_ERR_NOMEM, "out of memory applying --set %s", key);
   return SR_OK;
@@ -435,7 +580,15 @@ static sr_status check_scalar(sr__load *L, int r, int vid, const char *dotted) {
     return sr__seterr(SR_ERR_CONFIG, "%s%s: '%s' is not a boolean (true or false)", w, dotted,
                       shown(sh, sizeof sh, node(L, vid)));
   }
-  default: return SR_OK; /* enums, flags, strings: libcyaml checks them */
+  case CYAML_STRING:
+    /* A NUL would silently cut the name (C strings); libcyaml checks the length. */
+    if (memchr(text, '\0', node(L, vid)->data.scalar.length)) {
+      where_node(L, vid, w, sizeof w);
+      return sr__seterr(SR_ERR_CONFIG, "%s%s: '%s' contains a NUL byte", w, dotted,
+                        shown(sh, sizeof sh, node(L, vid)));
+    }
+    return SR_OK;
+  default: return SR_OK; /* enums, flags: libcyaml checks them */
   }
 }
 
@@ -477,10 +630,14 @@ static sr_status walk(sr__load *L, int map_id, int sec, const char *prefix) {
 
 /* ---- step 4: emit and load with libcyaml ----------------------------------------------------- */
 
+/* 1 emitted, 0 libyaml failed (memory), -1 nested deeper than SR__MAX_DEPTH, -2 more than
+ * SR__MAX_NODES nodes. */
 static int emit_node(sr__load *L, yaml_emitter_t *em, int id, int depth) {
   yaml_node_t *n = node(L, id);
   yaml_event_t ev;
-  if (!n || depth > SR__MAX_DEPTH || ++L->emitted > SR__MAX_NODES) return -1;
+  if (!n) return 0;
+  if (depth > SR__MAX_DEPTH) return -1;
+  if (++L->emitted > SR__MAX_NODES) return -2;
   switch (n->type) {
   case YAML_SCALAR_NODE:
     if (!yaml_scalar_event_initialize(&ev, NULL, NULL, n->data.scalar.value,
@@ -653,8 +810,14 @@ static sr_status cyaml_read(sr__load *L, sr_config **raw) {
   yaml_emitter_delete(&em);
   if (rc != 1) {
     free(t.buf);
-    if (rc < 0)
-      return sr__seterr(SR_ERR_CONFIG, "%s: aliases nest too deeply or expand too much", L->name);
+    /* The text and every override passed the prescan's bounds: only aliases (a node used in
+     * several places, or inside itself) can go past them here. */
+    if (rc == -1)
+      return sr__seterr(SR_ERR_CONFIG, "%s: aliases nest deeper than %d levels%s", L->name,
+                        SR__MAX_DEPTH, L->aliases ? " (an alias inside its own anchor?)" : "");
+    if (rc == -2)
+      return sr__seterr(SR_ERR_CONFIG, "%s: more than %d values%s", L->name, SR__MAX_NODES,
+                        L->aliases ? " once aliases are expanded" : "");
     return sr__seterr(SR_ERR_NOMEM, "out of memory re-emitting %s", L->name);
   }
   sr__schema schema;
@@ -675,26 +838,50 @@ static sr_status cyaml_read(sr__load *L, sr_config **raw) {
 
 /* ---- step 5: defaults, bounds, cross-field --------------------------------------------------- */
 
-/* Moves the members the document sets from raw into cfg (which holds the defaults). */
-static void take_present(sr__load *L, sr_config *cfg, sr_config *raw) {
+/* Whether a string key's value means "none": a plain ~, null (Null, NULL) or empty value, an
+ * explicit !!null, or '' / "". A quoted 'null' is the file name null. */
+static bool null_string(const yaml_node_t *v) {
+  if (v->type != YAML_SCALAR_NODE) return true;
+  const char *t = (const char *)v->data.scalar.value;
+  size_t len = v->data.scalar.length;
+  if (len == 0 || (v->tag && strcmp((const char *)v->tag, YAML_NULL_TAG) == 0)) return true;
+  if (v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) return false;
+  return strcmp(t, "~") == 0 || strcmp(t, "null") == 0 || strcmp(t, "Null") == 0 ||
+         strcmp(t, "NULL") == 0;
+}
+
+/* Moves the members the document sets from raw into cfg (which holds the defaults). Strings
+ * come from the document itself (libcyaml's copy has lost the quotes: 'null' is NULL there). */
+static sr_status take_present(sr__load *L, sr_config *cfg, sr_config *raw) {
+  sr_status st = SR_OK;
   for (int r = 0; r < sr__n_keys; r++) {
     const cyaml_schema_value_t *v = &sr__keys[r].field.value;
     if (v->type == CYAML_MAPPING) continue;
-    bool present = find_entry(L, L->ix.name[r]) != NULL;
+    sr__entry *e = find_entry(L, L->ix.name[r]);
     if (v->type == CYAML_STRING) {
       char **dst = sr__string_member(cfg, &L->ix, r), **src = sr__string_member(raw, &L->ix, r);
-      if (present) {
-        free(*dst);
-        *dst = *src;
-      } else {
-        free(*src);
-      }
+      free(*src);
       *src = NULL;
-    } else if (present) {
+      if (e && st == SR_OK) {
+        yaml_node_t *n = node(L, e->value_id);
+        free(*dst);
+        *dst = NULL;
+        if (!null_string(n)) {
+          size_t len = n->data.scalar.length;
+          if ((*dst = malloc(len + 1)) == NULL) {
+            st = sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", L->name);
+          } else {
+            memcpy(*dst, n->data.scalar.value, len);
+            (*dst)[len] = '\0';
+          }
+        }
+      }
+    } else if (e) {
       memcpy((char *)cfg + L->ix.offset[r], (char *)raw + L->ix.offset[r], v->data_size);
     }
   }
   free(raw);
+  return st;
 }
 
 static sr_status check_bounds(sr__load *L, const sr_config *cfg) {
@@ -711,13 +898,16 @@ static sr_status check_bounds(sr__load *L, const sr_config *cfg) {
 static sr_status load_doc(sr__load *L, sr_config *cfg, const char *yaml, size_t len,
                           const char *const *overrides, int n_overrides) {
   SR_TRY(parse_text(L, yaml, len));
+  if (n_overrides > SR__MAX_OVERRIDES)
+    return sr__seterr(SR_ERR_CONFIG, "--set given %d times (at most %d)", n_overrides,
+                      SR__MAX_OVERRIDES);
   for (int i = 0; i < n_overrides; i++) SR_TRY(apply_override(L, overrides[i]));
   SR_TRY(walk(L, 1, -1, ""));
   L->emitted = 0;
   sr_config *raw = NULL;
   SR_TRY(cyaml_read(L, &raw));
-  take_present(L, cfg, raw);
-  if (!(cfg->source_name = strdup(L->name)))
+  SR_TRY(take_present(L, cfg, raw));
+  if (!(cfg->source_name = strdup(L->full_name)))
     return sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", L->name);
   SR_TRY(check_bounds(L, cfg));
   SR_TRY(sr__check_cross(cfg, where_keys, L));
@@ -736,7 +926,8 @@ sr_status sr_config_load_string(sr_config *cfg, const char *yaml, size_t len, co
     return sr__seterr(SR_ERR_INTERNAL, "sr_config_load_string: NULL text or overrides");
   sr__load *L = calloc(1, sizeof *L);
   if (!L) return sr__seterr(SR_ERR_NOMEM, "out of memory reading the config");
-  L->name = name ? name : "<string>";
+  L->full_name = name ? name : "<string>";
+  L->name = sr__short(L->name_buf, sizeof L->name_buf, L->full_name);
   sr__index_build(&L->ix);
   sr_status s = load_doc(L, cfg, yaml, len, overrides, n_overrides);
   for (int i = 0; i < L->n_map; i++) free(L->map[i].dotted);
@@ -754,26 +945,44 @@ sr_status sr_config_load(sr_config *cfg, const char *path, const char *const *ov
                                  overrides, n_overrides);
   if (!cfg) return sr__seterr(SR_ERR_INTERNAL, "sr_config_load: cfg is NULL");
   sr_config_defaults(cfg);
-  char why[128];
-  FILE *f = fopen(path, "rb");
+  char why[128], shown_path[SR__NAME_SHOWN];
+  const char *sp = sr__short(shown_path, sizeof shown_path, path);
+  /* Only a regular file: opening a FIFO for reading waits for a writer (forever, and every rank
+   * reads the config), a directory or device is no config. stat first, so that nothing else is
+   * ever opened; O_NONBLOCK and fstat after, for a file swapped in between. */
+  struct stat sb;
+  int fd = stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)
+               ? -2
+               : open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd >= 0 && (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))) {
+    close(fd);
+    fd = -2;
+  }
+  if (fd == -2)
+    return sr__seterr(SR_ERR_IO, "%s: not a regular file (%s); the config must be a file every "
+                      "rank can read", sp, sr__file_kind(sb.st_mode));
+  FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
   if (!f) {
     int e = errno;
+    if (fd >= 0) close(fd);
     if (strerror_r(e, why, sizeof why) != 0) snprintf(why, sizeof why, "error %d", e);
-    return sr__seterr(SR_ERR_IO, "%s: %s", path, why);
+    return sr__seterr(SR_ERR_IO, "%s: %s", sp, why);
   }
+  /* Blocking reads again (a regular file never blocks; this only undoes O_NONBLOCK). */
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   size_t len = 0, cap = 4096;
   char *buf = malloc(cap);
   sr_status s = SR_OK;
   while (buf) {
     if (len == cap) {
       if (cap >= SR__MAX_FILE_BYTES) {
-        s = sr__seterr(SR_ERR_CONFIG, "%s: larger than %u MiB, not a config file", path,
+        s = sr__seterr(SR_ERR_CONFIG, "%s: larger than %u MiB, not a config file", sp,
                        SR__MAX_FILE_BYTES >> 20);
         break;
       }
       char *p = realloc(buf, cap * 2);
       if (!p) {
-        s = sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", path);
+        s = sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", sp);
         break;
       }
       buf = p;
@@ -785,13 +994,13 @@ sr_status sr_config_load(sr_config *cfg, const char *path, const char *const *ov
       if (ferror(f)) {
         int e = errno;
         if (strerror_r(e, why, sizeof why) != 0) snprintf(why, sizeof why, "read error");
-        s = sr__seterr(SR_ERR_IO, "%s: %s", path, why);
+        s = sr__seterr(SR_ERR_IO, "%s: %s", sp, why);
       }
       break;
     }
   }
   fclose(f);
-  if (!buf) s = sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", path);
+  if (!buf) s = sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", sp);
   if (s == SR_OK) s = sr_config_load_string(cfg, buf, len, path, overrides, n_overrides);
   free(buf);
   return s;

@@ -30,6 +30,7 @@
  *     every flush and close: the metadata (kilobytes) then always has room, every rank flushes
  *     alike, and a full disk becomes an error that all ranks leave together.
  */
+#define _XOPEN_SOURCE 700 /* realpath */
 #include "sr_h5.h"
 #include "sr_ckpt.h"
 #include "sr_h5_internal.h"
@@ -434,6 +435,216 @@ static sr_status out_precheck(const sr_h5_out *f) {
   if (st == SR_OK) unlink(f->reserve);
   free(dir);
   return st;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The run's output locations, checked before anything is computed (sr_outputs_check)
+ * ------------------------------------------------------------------------------------------- */
+
+/* One name the run writes or reads, as rank 0 sees it. */
+typedef struct loc {
+  const char *what;   /* the key or option in messages                                      */
+  const char *path;   /* as configured                                                      */
+  int group;          /* writes: 1 = the HDF5 output, 2 = the JSON report; 0 = read (inputs) */
+  bool tree;          /* a directory whose contents are the run's too (the checkpoint)      */
+  char *canon;        /* realpath(directory) + "/" + last component; NULL: not resolvable   */
+  bool have_id;       /* dev/ino of what the name leads to (links followed), if it exists   */
+  dev_t dev;
+  ino_t ino;
+} loc;
+
+static char *cat2(const char *a, const char *b) {
+  size_t n = strlen(a) + strlen(b) + 1;
+  char *s = malloc(n);
+  if (s) snprintf(s, n, "%s%s", a, b);
+  return s;
+}
+
+/* The last component of path ("" for a path ending in '/'). */
+static const char *base_of(const char *path) {
+  const char *slash = strrchr(path, '/');
+  return slash ? slash + 1 : path;
+}
+
+/* Resolves l->path: its directory through realpath (".", "..", symbolic links, "//"), and
+ * whether it exists; -o ./out.h5 and --json out.h5 are then the same name. */
+static sr_status loc_resolve(loc *l) {
+  struct stat sb;
+  char *dir = dir_of(l->path);
+  if (!dir) return sr__seterr(SR_ERR_NOMEM, "out of memory (output paths)");
+  char *real = realpath(dir, NULL);
+  free(dir);
+  if (real) {
+    l->canon = malloc(strlen(real) + strlen(base_of(l->path)) + 2);
+    if (l->canon)
+      snprintf(l->canon, strlen(real) + strlen(base_of(l->path)) + 2, "%s%s%s", real,
+               strcmp(real, "/") == 0 ? "" : "/", base_of(l->path));
+    free(real);
+    if (!l->canon) return sr__seterr(SR_ERR_NOMEM, "out of memory (output paths)");
+  }
+  if (stat(l->path, &sb) == 0) {
+    l->have_id = true;
+    l->dev = sb.st_dev;
+    l->ino = sb.st_ino;
+  }
+  return SR_OK;
+}
+
+/* Whether b is a or, when a is the checkpoint directory, inside it. */
+static bool loc_covers(const loc *a, const loc *b) {
+  if (a->have_id && b->have_id && a->dev == b->dev && a->ino == b->ino) return true;
+  if (!a->canon || !b->canon) return false;
+  size_t n = strlen(a->canon);
+  return strcmp(a->canon, b->canon) == 0 ||
+         (a->tree && strncmp(a->canon, b->canon, n) == 0 && b->canon[n] == '/');
+}
+
+/* Rank 0: may the run write `path` (a file it creates whole and renames into place)? Its
+ * directory exists and is writable; the name is not a directory, a device, a FIFO or a dangling
+ * symbolic link (rename would replace the link, not create its target: refused, also with
+ * overwrite); an existing file is refused (SR_ERR_EXISTS) unless may_replace. */
+static sr_status loc_check_file(const char *what, const char *path, bool may_replace,
+                                const char *exists_msg) {
+  char sp[200], sd[200], st_buf[200];
+  struct stat sb;
+  sr__short(sp, sizeof sp, path);
+  const char *base = base_of(path);
+  if (!base[0] || strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+    return sr__seterr(SR_ERR_IO, "%s: names a directory, not a file (%s)", sp, what);
+  char *dir = dir_of(path);
+  if (!dir) return sr__seterr(SR_ERR_NOMEM, "out of memory (output paths)");
+  sr__short(sd, sizeof sd, dir);
+  sr_status st = SR_OK;
+  if (stat(dir, &sb) != 0)
+    st = sr__seterr(SR_ERR_IO, "%s: %s directory %s (for %s)", sd,
+                    strcmp(what, "output.path") == 0 ? "output" : what,
+                    errno == ENOENT ? "does not exist" : strerror(errno), sp);
+  else if (!S_ISDIR(sb.st_mode))
+    st = sr__seterr(SR_ERR_IO, "%s: not a directory (for %s %s)", sd, what, sp);
+  else if (access(dir, W_OK | X_OK) != 0)
+    st = sr__seterr(SR_ERR_IO, "%s: directory not writable: %s (for %s %s)", sd, strerror(errno),
+                    what, sp);
+  free(dir);
+  if (st != SR_OK) return st;
+  if (lstat(path, &sb) != 0) {
+    if (errno == ENOENT) return SR_OK;
+    return sr__seterr(SR_ERR_IO, "%s: %s (%s)", sp, strerror(errno), what);
+  }
+  if (S_ISLNK(sb.st_mode) && stat(path, &sb) != 0) {
+    char target[4096];
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    target[n > 0 ? n : 0] = '\0';
+    return sr__seterr(SR_ERR_EXISTS, "%s: a dangling symbolic link (to '%s') is in the way; "
+                      "remove it, or name its target (%s)", sp,
+                      sr__short(st_buf, sizeof st_buf, target), what);
+  }
+  if (S_ISDIR(sb.st_mode))
+    return sr__seterr(SR_ERR_IO, "%s: %s path is a directory", sp,
+                      strcmp(what, "output.path") == 0 ? "output" : what);
+  if (!S_ISREG(sb.st_mode))
+    return sr__seterr(SR_ERR_IO, "%s: is %s, not a regular file (%s)", sp,
+                      sr__file_kind(sb.st_mode), what);
+  if (!may_replace) return sr__seterr(SR_ERR_EXISTS, "%s: %s", sp, exists_msg);
+  return SR_OK;
+}
+
+/* Rank 0: the whole check of sr_outputs_check. */
+static sr_status outputs_check_rank0(const sr_config *cfg, const char *config_path) {
+  const char *P = cfg->out_path, *J = cfg->report_json;
+  char *names[6] = {0};
+  loc l[8];
+  int n = 0;
+  sr_status st = SR_OK;
+  memset(l, 0, sizeof l);
+  if (P) {
+    names[0] = cat2(P, ".partial");
+    names[1] = cat2(P, ".partial.reserve");
+    names[2] = cat2(P, ".partial.d");
+  }
+  if (J) names[3] = cat2(J, ".partial");
+  if ((P && (!names[0] || !names[1] || !names[2])) || (J && !names[3])) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory (output paths)");
+    goto done;
+  }
+  if (P) {
+    l[n++] = (loc){.what = "output.path", .path = P, .group = 1};
+    l[n++] = (loc){.what = "output.path's partial file", .path = names[0], .group = 1};
+    l[n++] = (loc){.what = "output.path's reserve file", .path = names[1], .group = 1};
+    l[n++] = (loc){.what = "output.path's checkpoint directory", .path = names[2], .group = 1, .tree = true};
+  }
+  if (J) {
+    l[n++] = (loc){.what = "report.json", .path = J, .group = 2};
+    l[n++] = (loc){.what = "report.json's partial file", .path = names[3], .group = 2};
+  }
+  if (config_path) l[n++] = (loc){.what = "the config file (-c)", .path = config_path};
+  if (cfg->input_source == SR_INPUT_HDF5 && cfg->input_path)
+    l[n++] = (loc){.what = "input.path", .path = cfg->input_path};
+  for (int i = 0; i < n && st == SR_OK; i++) {
+    if (!l[i].path[0] && l[i].group)
+      st = sr__seterr(SR_ERR_CONFIG, "%s: empty file name", l[i].what);
+    else
+      st = loc_resolve(&l[i]);
+  }
+
+  /* 1. No two outputs, and no output and input, are the same file: the JSON report would
+   *    overwrite the HDF5 result, an output would replace the config or the input. */
+  for (int i = 0; i < n && st == SR_OK; i++)
+    for (int j = i + 1; j < n && st == SR_OK; j++) {
+      if (l[i].group == l[j].group || (!l[i].group && !l[j].group)) continue;
+      if (!loc_covers(&l[i], &l[j]) && !loc_covers(&l[j], &l[i])) continue;
+      char a[200], b[200];
+      sr__short(a, sizeof a, l[i].path);
+      sr__short(b, sizeof b, l[j].path);
+      if (strcmp(l[i].path, l[j].path) == 0)
+        st = sr__seterr(SR_ERR_CONFIG, "%s and %s name the same file (%s)", l[i].what,
+                        l[j].what, a);
+      else
+        st = sr__seterr(SR_ERR_CONFIG, "%s (%s) and %s (%s) name the same file", l[i].what, a,
+                        l[j].what, b);
+    }
+
+  /* 2. Every place written: its directory, and what is there now. */
+  if (st == SR_OK && P && cfg->checkpoint) sr_ckpt_tidy(P); /* as the checkpoint would */
+  if (st == SR_OK && P)
+    st = loc_check_file("output.path", P, cfg->overwrite,
+                        cfg->resume && cfg->checkpoint
+                            ? "output exists and is complete, nothing to resume (set "
+                              "output.overwrite: true or --set output.overwrite=true)"
+                            : "output exists (set output.overwrite: true or --set "
+                              "output.overwrite=true)");
+  if (st == SR_OK && P) {
+    /* The partial file is a leftover (replaced), the checkpoint directory is the checkpoint's
+     * to judge (resume, -f); neither may be something else in the way. */
+    struct stat sb;
+    char sp[200];
+    const char *name = cfg->checkpoint ? names[2] : names[0];
+    if (lstat(name, &sb) == 0 && (cfg->checkpoint ? !S_ISDIR(sb.st_mode) : S_ISDIR(sb.st_mode)))
+      st = sr__seterr(SR_ERR_IO, "%s: exists and is %s, not %s (%s): remove it",
+                      sr__short(sp, sizeof sp, name), sr__file_kind(sb.st_mode),
+                      cfg->checkpoint ? "a checkpoint directory" : "a partial output file",
+                      cfg->checkpoint ? "output.checkpoint" : "output.path");
+  }
+  /* The report is a summary of the run, written again by every run: an existing file is
+   * replaced (the result, output.path, is what output.overwrite protects). */
+  if (st == SR_OK && J) st = loc_check_file("report.json", J, true, "");
+  if (st == SR_OK && J) {
+    struct stat sb;
+    char sp[200];
+    if (lstat(names[3], &sb) == 0 && S_ISDIR(sb.st_mode))
+      st = sr__seterr(SR_ERR_IO, "%s: exists and is a directory, not a partial report "
+                      "(report.json): remove it", sr__short(sp, sizeof sp, names[3]));
+  }
+done:
+  for (int i = 0; i < n; i++) free(l[i].canon);
+  for (int i = 0; i < 6; i++) free(names[i]);
+  return st;
+}
+
+sr_status sr_outputs_check(MPI_Comm comm, const sr_config *cfg, const char *config_path) {
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
+  sr_status st = rank == 0 ? outputs_check_rank0(cfg, config_path) : SR_OK;
+  return sr_comm_agree(comm, st);
 }
 
 /* A handle with its communicator, names and property lists; no file yet. Collective (the

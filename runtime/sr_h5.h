@@ -36,6 +36,22 @@
 typedef struct sr_h5_out sr_h5_out;
 typedef struct sr_h5_in sr_h5_in;
 
+/* Collective (rank 0 looks, every rank returns its verdict). Every file the run of cfg will
+ * write, checked before anything is computed, so that a run never computes for hours and then
+ * fails to write:
+ *   - no two of them, and none of them and an input (config_path, input.path), are one file:
+ *     compared by name after resolving the directory (realpath) and by device and inode when
+ *     the file exists; the output owns "<path>.partial", "<path>.partial.reserve" and
+ *     "<path>.partial.d" (and everything in it), the report "<json>.partial" (SR_ERR_CONFIG);
+ *   - the directory of output.path and of report.json exists and is writable (SR_ERR_IO);
+ *   - neither is a directory, a FIFO or device (SR_ERR_IO) or a dangling symbolic link
+ *     (SR_ERR_EXISTS: a rename would replace the link, not create its target);
+ *   - an existing output.path is refused unless cfg->overwrite (SR_ERR_EXISTS); an existing
+ *     report is replaced; "<path>.partial" (without checkpoint) must not be a directory and
+ *     "<path>.partial.d" (with) must be one if it exists.
+ * The writers check again when they create their files (a file may appear meanwhile). */
+sr_status sr_outputs_check(MPI_Comm comm, const sr_config *cfg, const char *config_path);
+
 /* Collective. Refuses an existing path unless overwrite (checked on rank 0, broadcast), then
  * creates "<path>.partial" with MPI-IO and writes the root attributes except `complete`. */
 sr_status sr_h5_out_create(sr_h5_out **f, MPI_Comm comm, const char *path, bool overwrite,
@@ -109,6 +125,11 @@ sr_status sr_h5_read_head_rows(sr_h5_in *f, int layer, char which, int head, int
  * and last among them. Another input file gives another fingerprint with near certainty; an
  * edit of rows outside the sample is not seen (it guards resumes, not against tampering). */
 sr_status sr_h5_in_fingerprint(sr_h5_in *f, uint64_t *fp);
+/* Collective. The input is still the file opened, whole on storage (its size covers every byte
+ * the file addresses), unchanged in identity, size and time, and layer `layer`'s datasets hash
+ * as they did: after = 0 before the layer's reads (records the hashes), 1 after them (compares).
+ * SR_ERR_IO naming the file and what changed otherwise. */
+sr_status sr_h5_in_check(sr_h5_in *f, int layer, int after);
 void sr_h5_in_close(sr_h5_in *f);
 
 #endif

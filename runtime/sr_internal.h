@@ -19,6 +19,13 @@
 sr_status sr__seterr(sr_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clears the last error of this thread. */
 void sr__clearerr(void);
+/* s as shown in a message, in buf (n bytes): whole when it fits, else its first and last
+ * parts around "..." (a path keeps its top directories and its file name). Returns buf. A
+ * message longer than about 900 bytes is shortened this way by sr__seterr itself, word by word,
+ * so that the reason at its end survives; control characters in a message become '?'. */
+const char *sr__short(char *buf, size_t n, const char *s);
+/* "a FIFO", "a directory", ... for a struct stat st_mode (messages about non-regular files). */
+const char *sr__file_kind(unsigned mode);
 
 /* Propagate a failing status. */
 #define SR_TRY(expr)                                                                               \

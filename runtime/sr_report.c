@@ -6,12 +6,14 @@
 #include "sr_internal.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <cyaml/cyaml.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void versions(char *buf, size_t n) {
   char mpi[MPI_MAX_LIBRARY_VERSION_STRING] = "";
@@ -182,16 +184,39 @@ char *sr_report_json_string(const sr_config *cfg, const sr_run_result *res, int 
   return s;
 }
 
+/* Written whole to "<path>.partial" and renamed: a run that fails while writing (a full disk)
+ * leaves the previous report, never half of one. sr_outputs_check has made sure that neither
+ * name is another output of the run or an input. */
 sr_status sr_report_json(const sr_config *cfg, const sr_run_result *res, const char *path) {
+  char sp[200];
+  sr__short(sp, sizeof sp, path);
   char *s = sr_report_json_string(cfg, res, -1);
-  if (!s) return sr__seterr(SR_ERR_NOMEM, "out of memory writing the JSON report");
-  FILE *f = fopen(path, "w");
-  if (!f) {
+  size_t n = strlen(path) + sizeof ".partial";
+  char *tmp = malloc(n);
+  if (!s || !tmp) {
     free(s);
-    return sr__seterr(SR_ERR_IO, "%s: cannot write the JSON report", path);
+    free(tmp);
+    return sr__seterr(SR_ERR_NOMEM, "out of memory writing the JSON report");
   }
-  int ok = fputs(s, f) >= 0 && fputc('\n', f) != EOF;
-  ok = (fclose(f) == 0) && ok;
+  snprintf(tmp, n, "%s.partial", path);
+  sr_status st = SR_OK;
+  FILE *f = fopen(tmp, "w");
+  if (!f) {
+    st = sr__seterr(SR_ERR_IO, "%s: cannot write the JSON report: %s", sp, strerror(errno));
+  } else {
+    int ok = fputs(s, f) >= 0 && fputc('\n', f) != EOF;
+    ok = fflush(f) == 0 && ok;
+    int e = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok)
+      st = sr__seterr(SR_ERR_IO, "%s: writing the JSON report failed: %s", sp,
+                      strerror(e ? e : errno));
+    else if (rename(tmp, path) != 0)
+      st = sr__seterr(SR_ERR_IO, "%s: cannot rename the JSON report into place: %s", sp,
+                      strerror(errno));
+    if (st != SR_OK) unlink(tmp);
+  }
+  free(tmp);
   free(s);
-  return ok ? SR_OK : sr__seterr(SR_ERR_IO, "%s: write failed", path);
+  return st;
 }

@@ -5,6 +5,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include "sr_config.h"
+#include "sr_internal.h"
 #include "sr_test.h"
 
 #include <setjmp.h>
@@ -14,9 +15,11 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Loads YAML text named "x.yaml" in messages. */
@@ -298,7 +301,7 @@ static void test_overrides(void **state) {
       "input.synthetic.noise = 0.25", /* two levels created; spaces around =     */
       "model.q_heads=4",              /* later overrides win...                  */
       "model.q_heads=16",
-      "output.path='a b: c.h5'", /* a quoted string                         */
+      "output.path=a b: c.h5",   /* a string key's value is the text itself */
       "report={json: r.json}",   /* a whole section                         */
   };
   sr_config c;
@@ -326,6 +329,199 @@ static void test_overrides(void **state) {
   assert_int_equal(c.method, SR_METHOD_DENSE);
   assert_int_equal(c.block_q, 16);
   sr_config_free(&c);
+}
+
+/* ---- file names are literal; bounded parsing; messages keep their reason --------------------- */
+
+/* The value of a string key given with --set (what -o and --json become) is the file name
+ * itself: before, it was parsed as YAML, so "null" meant no output, "#x" was a comment (no
+ * output), '"q".h5' was refused or cut and "a: b" was a mapping (refused). */
+static void test_literal_paths(void **state) {
+  (void)state;
+  static const char *const names[] = {"null", "~", "#run1.h5", "\"q\".h5", "run: 1.h5", "'q'",
+                                      "[x]", "{y}", "yes", "123", "- a", "&a", "*a", "!x", "%x",
+                                      "@x", "`x", "a #b", " lead", "trail ", "tab\there",
+                                      "nl\nhere", "é"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char o[64], j[64], in[64];
+    snprintf(o, sizeof o, "output.path=%s", names[i]);
+    snprintf(j, sizeof j, "report.json=%s", names[i]);
+    snprintf(in, sizeof in, "input.path=%s", names[i]);
+    const char *sets[] = {"input.source=hdf5", o, j, in, "seq_len=0x800", "attention.method=dense"};
+    sr_config c, d;
+    sr_status st = load_text(&c, "seq_len: 8\n", sets, 6);
+    if (st != SR_OK) fprintf(stderr, "# '%s': %s\n", names[i], sr_last_error());
+    assert_int_equal(st, SR_OK);
+    assert_non_null(c.out_path);
+    assert_string_equal(c.out_path, names[i]);
+    assert_string_equal(c.report_json, names[i]);
+    assert_string_equal(c.input_path, names[i]);
+    /* Numbers and names still parse. */
+    assert_true(c.seq_len == 2048);
+    assert_int_equal(c.method, SR_METHOD_DENSE);
+    /* The effective config (strings quoted) loads back to the same names: before, a quoted
+     * 'null' or '~' read back as no file at all. */
+    char *text = sr_config_to_yaml(&c);
+    assert_non_null(text);
+    st = sr_config_load_string(&d, text, strlen(text), "effective", NULL, 0);
+    if (st != SR_OK) fprintf(stderr, "# %s\n%s", sr_last_error(), text);
+    assert_int_equal(st, SR_OK);
+    expect_equal(&c, &d);
+    free(text);
+    sr_config_free(&c);
+    sr_config_free(&d);
+  }
+  /* Empty: back to none (a file name cannot be empty). */
+  const char *clear[] = {"output.path=x.h5", "output.path="};
+  sr_config c;
+  assert_int_equal(load_text(&c, "seq_len: 8\n", clear, 2), SR_OK);
+  assert_null(c.out_path);
+  sr_config_free(&c);
+  /* In a file, YAML rules: plain ~ / null / empty and '' are none, a quoted 'null' a name. */
+  static const struct { const char *yaml, *want; } cases[] = {
+      {"output:\n  path: null\n", NULL},      {"output:\n  path: ~\n", NULL},
+      {"output:\n  path:\n", NULL},           {"output:\n  path: ''\n", NULL},
+      {"output:\n  path: NULL\n", NULL},      {"output:\n  path: !!null x\n", NULL},
+      {"output:\n  path: 'null'\n", "null"},  {"output:\n  path: \"~\"\n", "~"},
+      {"output:\n  path: nUll\n", "nUll"},    {"output:\n  path: 'a: b'\n", "a: b"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    assert_int_equal(load_text(&c, cases[i].yaml, NULL, 0), SR_OK);
+    if (!cases[i].want) {
+      assert_null(c.out_path);
+    } else {
+      assert_non_null(c.out_path);
+      assert_string_equal(c.out_path, cases[i].want);
+    }
+    sr_config_free(&c);
+  }
+  /* What cannot be a file name is refused, with the reason. */
+  const char *bad[] = {"output.path=\xff\xfe.h5"};
+  expect_error("seq_len: 8\n", bad, 1, SR_ERR_CONFIG,
+               "--set output.path: the value is not UTF-8 text");
+  expect_error("output:\n  path: \"a\\0b\"\n", NULL, 0, SR_ERR_CONFIG,
+               "x.yaml:2: output.path: 'a?b' contains a NUL byte");
+}
+
+/* Text of `depth` nested flow lists or mappings around a value (malloc'd). */
+static char *nested(const char *prefix, int depth, bool mapping) {
+  size_t n = strlen(prefix) + (size_t)depth * 5 + 8;
+  char *t = malloc(n), *p = t;
+  assert_non_null(t);
+  p += sprintf(p, "%s", prefix);
+  for (int i = 0; i < depth; i++) p += sprintf(p, "%s", mapping ? "{a: " : "[");
+  p += sprintf(p, "1");
+  for (int i = 0; i < depth; i++) *p++ = mapping ? '}' : ']';
+  sprintf(p, "\n");
+  return t;
+}
+
+/* 200 kB of nested brackets took close to a minute (libyaml's scanner rechecks every open level
+ * for every token: quadratic) and nested mappings were reported as "aliases nest too deeply".
+ * Now the nesting is refused, at its line, as soon as it passes the bound (the CTest TIMEOUT of
+ * this program, tests/config.cmake, fails the old code). */
+static void test_error_deep_nesting(void **state) {
+  (void)state;
+  char *t = nested("seq_len: ", 100000, false); /* 200 kB */
+  expect_error(t, NULL, 0, SR_ERR_CONFIG, "x.yaml:1: nesting deeper than 32 levels of lists and "
+                                          "mappings");
+  free(t);
+  t = nested("seq_len: ", 40000, true); /* 200 kB */
+  expect_error(t, NULL, 0, SR_ERR_CONFIG, "x.yaml:1: nesting deeper than 32 levels of lists and "
+                                          "mappings");
+  free(t);
+  /* Block style: one level per line. */
+  char *b = malloc(64 * 130), *p = b;
+  for (int i = 0; i < 60; i++) p += sprintf(p, "%*sa:\n", 2 * i, "");
+  expect_error(b, NULL, 0, SR_ERR_CONFIG, "x.yaml:33: nesting deeper than 32 levels of lists and "
+                                          "mappings");
+  free(b);
+  /* The same bound for a --set value. */
+  char *v = nested("seq_len=", 50000, false);
+  v[strlen(v) - 1] = '\0';
+  const char *sets[] = {v};
+  expect_error("seq_len: 8\n", sets, 1, SR_ERR_CONFIG,
+               "--set seq_len: nesting deeper than 32 levels of lists and mappings");
+  free(v);
+  /* 32 levels are fine as far as nesting goes (the key then refuses the list). */
+  t = nested("seq_len: ", 31, false);
+  expect_error(t, NULL, 0, SR_ERR_CONFIG, "x.yaml:1: seq_len: expected a single value, got a list");
+  free(t);
+  /* Many values, many anchors: bounded too, with what was exceeded. */
+  size_t n = 100001;
+  t = malloc(16 + 3 * n);
+  p = t + sprintf(t, "seq_len: [");
+  for (size_t i = 0; i < n; i++) p += sprintf(p, "%s1", i ? "," : "");
+  sprintf(p, "]\n");
+  expect_error(t, NULL, 0, SR_ERR_CONFIG, "x.yaml:1: more than 100000 values");
+  free(t);
+  t = malloc(32 * 1100);
+  p = t + sprintf(t, "seq_len: [");
+  for (int i = 0; i < 1001; i++) p += sprintf(p, "%s&a%d 1", i ? "," : "", i);
+  sprintf(p, "]\n");
+  expect_error(t, NULL, 0, SR_ERR_CONFIG, "x.yaml:1: more than 1000 anchors (&name)");
+  free(t);
+  /* Only an alias can still nest past the bound: said as such. */
+  expect_error("seq_len: &a [*a]\n", NULL, 0, SR_ERR_CONFIG,
+               "x.yaml: aliases nest deeper than 48 levels (an alias inside its own anchor?)");
+}
+
+/* A FIFO as the config hung every rank (opening it for reading waits for a writer); a
+ * directory or device is no config either. */
+static void test_error_not_regular(void **state) {
+  (void)state;
+  char dir[] = "/tmp/sr_test_fifo_XXXXXX", fifo[64], want[160];
+  assert_non_null(mkdtemp(dir));
+  snprintf(fifo, sizeof fifo, "%s/c.yaml", dir);
+  assert_int_equal(mkfifo(fifo, 0600), 0);
+  sr_config c;
+  assert_int_equal(sr_config_load(&c, fifo, NULL, 0), SR_ERR_IO);
+  snprintf(want, sizeof want, "%s: not a regular file (a FIFO); the config must be a file every "
+           "rank can read", fifo);
+  assert_string_equal(sr_last_error(), want);
+  assert_int_equal(sr_config_load(&c, "/dev/null", NULL, 0), SR_ERR_IO);
+  assert_string_equal(sr_last_error(), "/dev/null: not a regular file (a character device); the "
+                                       "config must be a file every rank can read");
+  unlink(fifo);
+  rmdir(dir);
+}
+
+/* A 4000-byte file name filled the message, which ended before the reason. Now the name is
+ * shortened (head...tail) and the reason stays. */
+static void test_long_path_message(void **state) {
+  (void)state;
+  char path[4001], *p = path;
+  for (int i = 0; i < 15; i++) p += sprintf(p, "/%0255d", i);
+  p += sprintf(p, "/%0150d/x.yaml", 15); /* 3998 bytes, under PATH_MAX */
+  sr_config c;
+  assert_int_equal(sr_config_load(&c, path, NULL, 0), SR_ERR_IO);
+  const char *m = sr_last_error();
+  fprintf(stderr, "# %zu-byte path: %s\n", strlen(path), m);
+  assert_true(strlen(m) < 400);
+  assert_non_null(strstr(m, "...")); /* shortened */
+  assert_non_null(strstr(m, "x.yaml: No such file or directory"));
+  assert_true(strncmp(m, "/0000", 5) == 0);
+  /* Errors inside such a file keep file:line, key and reason too. */
+  char *long_name = path;
+  assert_int_equal(sr_config_load_string(&c, "seq_len: abc\n", 13, long_name, NULL, 0),
+                   SR_ERR_CONFIG);
+  assert_non_null(strstr(sr_last_error(), "x.yaml:1: seq_len: 'abc' is not an integer"));
+  /* Any message: long words are shortened, the reason kept; one line whatever the text. */
+  sr__seterr(SR_ERR_IO, "%s: cannot create the checkpoint directory: %s", path,
+             "No space left on device");
+  m = sr_last_error();
+  assert_true(strlen(m) < 900);
+  assert_non_null(strstr(m, "x.yaml: cannot create the checkpoint directory: No space left on "
+                            "device"));
+  sr__seterr(SR_ERR_IO, "%s", "two\nlines");
+  assert_string_equal(sr_last_error(), "two?lines");
+  /* A message that names sr_last_error() itself. */
+  sr__seterr(SR_ERR_IO, "inner");
+  sr__seterr(SR_ERR_IO, "outer: %s", sr_last_error());
+  assert_string_equal(sr_last_error(), "outer: inner");
+  char buf[16];
+  assert_string_equal(sr__short(buf, sizeof buf, "short"), "short");
+  assert_string_equal(sr__short(buf, sizeof buf, "abcdefghijklmnopqrstuvwxyz"), "abcdef...uvwxyz");
 }
 
 /* ---- one test per error class ---------------------------------------------------------------- */
@@ -426,7 +622,8 @@ static void test_error_missing_file(void **state) {
   assert_string_equal(sr_last_error(), "/nonexistent/dir/x.yaml: No such file or directory");
   assert_int_equal(c.q_heads, 8);
   assert_int_equal(sr_config_load(&c, "/tmp", NULL, 0), SR_ERR_IO);
-  assert_string_equal(sr_last_error(), "/tmp: Is a directory");
+  assert_string_equal(sr_last_error(), "/tmp: not a regular file (a directory); the config must "
+                                       "be a file every rank can read");
   assert_int_equal(sr_exit_code(SR_ERR_IO), 4);
 }
 
@@ -676,6 +873,10 @@ int main(void) {
       cmocka_unit_test(test_names),
       cmocka_unit_test(test_quiet),
       cmocka_unit_test(test_docs_table),
+      cmocka_unit_test(test_literal_paths),
+      cmocka_unit_test(test_error_deep_nesting),
+      cmocka_unit_test(test_error_not_regular),
+      cmocka_unit_test(test_long_path_message),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
