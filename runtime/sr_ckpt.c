@@ -59,37 +59,72 @@ void sr_ckpt_signals_install(void) {
 int sr_ckpt_signal_pending(void) { return (int)sr__signal; }
 void sr_ckpt_signal_raise(int sig) { sr__signal = sig; }
 
+/* "point[:layer[:rank]]" into its parts; an absent or negative field matches any value. */
+static void parse_point(const char *spec, char *point, size_t n, long *layer, long *rank) {
+  *layer = *rank = -1;
+  snprintf(point, n, "%s", spec);
+  char *colon = strchr(point, ':');
+  if (!colon) return;
+  *colon = '\0';
+  char *rest = colon + 1, *c2 = strchr(rest, ':');
+  if (c2) {
+    *c2 = '\0';
+    *rank = strtol(c2 + 1, NULL, 10);
+  }
+  if (*rest) *layer = strtol(rest, NULL, 10);
+}
+
+static bool point_is(const char *want, long want_layer, long want_rank, const char *point,
+                     int layer, int rank) {
+  return want[0] && strcmp(want, point) == 0 && (want_layer < 0 || want_layer == layer) &&
+         (want_rank < 0 || want_rank == rank);
+}
+
+/* SR_TEST_HOLD: this rank stops at the point until it has received SIGTERM / SIGUSR1 or the
+ * test removed its marker file "sr_hold.<rank>" (in the working directory), which it creates on
+ * arrival, holding its process id (written whole, then renamed: a reader never sees it half
+ * written). A test thus signals a run at a known place, after a known event, instead of after a
+ * guessed sleep (which fails on a loaded machine). Gives up after 120 s. */
+static void hold(int rank) {
+  char name[32], tmp[40], pid[24];
+  snprintf(name, sizeof name, "sr_hold.%d", rank);
+  snprintf(tmp, sizeof tmp, "%s.tmp", name);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return;
+  int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  bool ok = write(fd, pid, (size_t)len) == len;
+  close(fd);
+  if (!ok || rename(tmp, name) != 0) {
+    unlink(tmp);
+    return;
+  }
+  for (int i = 0; i < 12000 && !sr__signal && access(name, F_OK) == 0; i++) {
+    struct timespec ts = {0, 10 * 1000000L}; /* a signal ends the sleep at once (EINTR) */
+    nanosleep(&ts, NULL);
+  }
+  unlink(name);
+}
+
 void sr_ckpt_point(const char *point, int layer, int rank) {
   static int init;
   static long delay_ms;
-  static char crash[64];
-  static long crash_layer = -1, crash_rank = -1;
+  static char crash[64], held[64];
+  static long crash_layer = -1, crash_rank = -1, hold_layer = -1, hold_rank = -1;
   if (!init) {
     init = 1;
-    const char *d = getenv("SR_TEST_DELAY_MS"), *c = getenv("SR_TEST_CRASH");
+    const char *d = getenv("SR_TEST_DELAY_MS"), *c = getenv("SR_TEST_CRASH"),
+               *h = getenv("SR_TEST_HOLD");
     delay_ms = d ? strtol(d, NULL, 10) : 0;
-    if (c && *c) {
-      /* "point[:layer[:rank]]"; an absent or negative field matches any value. */
-      snprintf(crash, sizeof crash, "%s", c);
-      char *colon = strchr(crash, ':');
-      if (colon) {
-        *colon = '\0';
-        char *rest = colon + 1, *c2 = strchr(rest, ':');
-        if (c2) {
-          *c2 = '\0';
-          crash_rank = strtol(c2 + 1, NULL, 10);
-        }
-        if (*rest) crash_layer = strtol(rest, NULL, 10);
-      }
-    }
+    if (c && *c) parse_point(c, crash, sizeof crash, &crash_layer, &crash_rank);
+    if (h && *h) parse_point(h, held, sizeof held, &hold_layer, &hold_rank);
   }
   if (delay_ms > 0) {
     struct timespec ts = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
     }
   }
-  if (crash[0] && strcmp(crash, point) == 0 && (crash_layer < 0 || crash_layer == layer) &&
-      (crash_rank < 0 || crash_rank == rank)) {
+  if (point_is(held, hold_layer, hold_rank, point, layer, rank)) hold(rank);
+  if (point_is(crash, crash_layer, crash_rank, point, layer, rank)) {
     fprintf(stderr, "sparsering: test failpoint %s (layer %d, rank %d): SIGKILL\n", point, layer,
             rank);
     fflush(stderr);

@@ -91,8 +91,10 @@ void sr_ckpt_signal_raise(int sig);
 
 /* Test-only failpoints (docs/CHECKPOINT.md "Test hooks"): at a named point of layer `layer`,
  * SR_TEST_CRASH=point:layer[:rank] kills this process with SIGKILL (every rank, or the one
- * named) and SR_TEST_DELAY_MS=n sleeps n ms (to let a test's kill -9 land anywhere). No-ops
- * when neither variable is set. */
+ * named), SR_TEST_DELAY_MS=n sleeps n ms (to let a test's kill -9 land anywhere) and
+ * SR_TEST_HOLD=point:layer[:rank] creates "sr_hold.<rank>" (holding the rank's process id) in
+ * the working directory and waits there until the rank receives SIGTERM / SIGUSR1 or the test removes that file (the marker is
+ * gone when the rank goes on). No-ops when none is set. */
 void sr_ckpt_point(const char *point, int layer, int rank);
 
 /* ---- the checkpoint --------------------------------------------------------------------- */

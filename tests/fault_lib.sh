@@ -16,7 +16,7 @@ NP=${NP:-2}
 ARGS=(--set seq_len=2048 --set model.layers=4 --set model.q_heads=4 --set model.kv_heads=2
       --set verify.rows=4 --set threads=1 -q)
 export SR_TEST_FIXED_TIMES=1
-unset SR_TEST_CRASH SR_TEST_DELAY_MS
+unset SR_TEST_CRASH SR_TEST_DELAY_MS SR_TEST_HOLD
 
 fail() {
   echo "FAIL: $*"
@@ -79,6 +79,21 @@ children_of() {
   done
 }
 ranks_of() { children_of "$1"; }
+
+# wait_for SECONDS PID WHAT COMMAND...: waits until COMMAND succeeds (an event: a file appears
+# or goes, a line is printed), polling; fails the test when process PID (the run in the
+# background) ends first, or after SECONDS (a generous bound against a hang, not a timing
+# assumption: on a quiet machine the event comes in well under a second).
+wait_for() {
+  local limit=$1 pid=$2 what=$3 i
+  shift 3
+  for ((i = 0; i < limit * 20; i++)); do
+    "$@" && return 0
+    kill -0 "$pid" 2>/dev/null || { "$@" && return 0; fail "the run ended before: $what"; }
+    sleep 0.05
+  done
+  fail "no $what after $limit s"
+}
 
 # unit_field L DATASET KEY: a field (offset, bytes) of a dataset of layer L's unit file.
 unit_field() {
