@@ -16,7 +16,6 @@
  * learns whether any rank received SIGTERM / SIGUSR1 (one MPI_Allreduce), and all stop there
  * together, the checkpoint intact.
  */
-#define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include "sr_run.h"
 
 #include "kernels.h"
@@ -36,7 +35,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 const char *const sr_phase_names[SR_PH_COUNT] = {
@@ -360,27 +358,6 @@ done:
   return st;
 }
 
-/* Test hook (tests/fault_input.sh): SR_TEST_HOLD="L:PATH" stops every rank before layer L
- * until PATH exists, after rank 0 has created PATH.held — so a test can change the input
- * between two layers on an event, not on a guess of how long a layer takes. At most 60 s. */
-static void test_hold(int layer, const sr_world *w) {
-  const char *h = getenv("SR_TEST_HOLD");
-  char *end = NULL;
-  if (!h || strtol(h, &end, 10) != layer || !end || *end != ':') return;
-  const char *path = end + 1;
-  if (w->rank == 0) {
-    char held[4200];
-    snprintf(held, sizeof held, "%s.held", path);
-    FILE *f = fopen(held, "w");
-    if (f) fclose(f);
-  }
-  for (int i = 0; i < 6000 && access(path, F_OK) != 0; i++) {
-    struct timespec ts = {0, 10000000L};
-    nanosleep(&ts, NULL);
-  }
-  MPI_Barrier(w->comm);
-}
-
 /* Reduces a layer's rank-local values onto rank 0 (max of times, sums of counters). */
 static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
   double tmax[SR_PH_COUNT];
@@ -651,7 +628,6 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     char *metrics = NULL;
     double t0 = sr__now();
     sr_ckpt_point("unit_start", l, w->rank);
-    test_hold(l, w);
     st = run_layer(cfg, w, &plan, be, t, &rs, l, top_chunks, r, &s);
     if (st != SR_OK) goto out;
     r->t[SR_PH_TOTAL] = sr__now() - t0;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/fault_input.sh — the input is trusted only as far as it is checked (label `fault`).
 #   - an HDF5 input truncated, rewritten in place or replaced between two layers of a running
-#     job: exit 4 naming the file, nothing published (the run holds before layer 1 on an event,
+#     job: exit 4 naming the file, nothing published (the ranks hold at the start of layer 1,
 #     SR_TEST_HOLD, while the test changes the file);
 #   - NaN / Inf / overflowing values in q, k or v: exit 4 naming dataset, layer, head, row and
 #     dim; accepted with input.allow_nonfinite=true;
@@ -65,23 +65,24 @@ rm -rf out.h5*
 run "${IN[@]}" -o out.h5 || fail "the untouched input did not run (exit $?)"
 rm -rf out.h5*
 
-# Changes between layers 0 and 1, made while every rank holds before layer 1.
-# change NAME COMMAND...: start the run, wait for the hold, change the input, release, wait.
+# Changes between layers 0 and 1, made while every rank holds at the start of layer 1
+# (SR_TEST_HOLD: each rank creates sr_hold.<rank> and waits until the test removes it).
+# change NAME COMMAND...: start the run, wait for the holds, change the input, release, wait.
 change() {
   local name=$1
   shift
-  rm -rf out.h5* go go.held
+  rm -rf out.h5* sr_hold.*
   "$py" "$tools/make_input_h5.py" --force in.h5 --layers 4 --q-heads 4 --kv-heads 2 --seq-len 2048 \
     --head-dim 64 --dtype float32 >/dev/null || fail "make_input_h5.py failed"
-  SR_TEST_HOLD="1:$PWD/go" run "${IN[@]}" -o out.h5 &
+  SR_TEST_HOLD=unit_start:1 run "${IN[@]}" -o out.h5 &
   local pid=$! i=0
-  while [ ! -e go.held ]; do
+  while [ ! -e sr_hold.0 ] || [ ! -e sr_hold.1 ]; do
     kill -0 $pid 2>/dev/null || fail "$name: the run ended before holding at layer 1"
     i=$((i + 1)); [ $i -lt 3000 ] || fail "$name: no hold after 30 s"
     sleep 0.01
   done
   "$@"
-  touch go
+  rm -f sr_hold.0 sr_hold.1
   wait $pid
   return $?
 }
