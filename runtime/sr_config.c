@@ -28,6 +28,8 @@
 
 static const cyaml_strval_t sr__source_names[] = {{"synthetic", SR_INPUT_SYNTHETIC},
                                                   {"hdf5", SR_INPUT_HDF5}};
+static const cyaml_strval_t sr__profile_names[] = {{"plain", SR_SYNTH_PLAIN},
+                                                   {"calibrated", SR_SYNTH_CALIBRATED}};
 static const cyaml_strval_t sr__shard_names[] = {{"zigzag", SR_SHARD_ZIGZAG},
                                                  {"contiguous", SR_SHARD_CONTIGUOUS}};
 static const cyaml_strval_t sr__phase_names[] = {{"prefill", SR_PHASE_PREFILL}};
@@ -60,6 +62,8 @@ static const cyaml_strval_t sr__write_names[] = {
   .field = CYAML_FIELD_FLOAT(_key, OPT, sr_synth_params, _member)
 #define SYNTH_U(_key, _member) .parent = "input.synthetic",                                       \
   .field = CYAML_FIELD_UINT(_key, OPT, sr_synth_params, _member)
+#define SYNTH_E(_key, _member, _names) .parent = "input.synthetic",                               \
+  .field = CYAML_FIELD_ENUM(_key, ENUMF, sr_synth_params, _member, _names, CYAML_ARRAY_LEN(_names))
 
 #define SR__MAX_TOKENS 1099511627776.0 /* 2^40 */
 #define SR__MAX_STRENGTH 1e6
@@ -109,6 +113,20 @@ const sr__key sr__keys[] = {
      .doc = "tokens per needle: a run of query tokens and a run of key tokens; 1 = single-token"},
     {SYNTH_F("noise", noise), .def = 1.0, RANGE(0, SR__MAX_STRENGTH),
      .doc = "standard deviation of the i.i.d. Gaussian part of q, k, v"},
+    {SYNTH_E("profile", profile, sr__profile_names), .def = SR_SYNTH_CALIBRATED,
+     .doc = "calibrated (head types, strengths follow the causal key count) or plain (every head alike)"},
+    {SYNTH_F("sink_heads", sink_heads), .def = 0.25, RANGE(0, 1),
+     .doc = "calibrated: fraction of kv-heads that are sink heads"},
+    {SYNTH_F("local_heads", local_heads), .def = 0.25, RANGE(0, 1),
+     .doc = "calibrated: fraction of kv-heads that are local (vertical-slash) heads; the rest retrieve"},
+    {SYNTH_U("slashes", slashes), .def = 4, RANGE(0, 64),
+     .doc = "calibrated: slash lines (fixed query-key offsets) per local kv-head"},
+    {SYNTH_F("slash_strength", slash_strength), .def = 6.0, RANGE(0, SR__MAX_STRENGTH),
+     .doc = "calibrated: logit of the centre of a slash line"},
+    {SYNTH_U("cluster_tokens", cluster_tokens), .def = 32, RANGE(1, 1048576),
+     .doc = "calibrated: tokens per content cluster of the noise; 1 = no clusters"},
+    {SYNTH_F("cluster_share", cluster_share), .def = 0.5, RANGE(0, 1),
+     .doc = "calibrated: share of the noise variance common to a cluster"},
 
     {.parent = "", .field = CYAML_FIELD_INT("seq_len", OPT, sr_config, seq_len), .def = 16384,
      RANGE(1, SR__MAX_TOKENS), .doc = "tokens in the sequence (N)"},

@@ -9,7 +9,8 @@
  *   input.source (synthetic | hdf5), input.path, input.seed,
  *   input.synthetic.{sink_tokens, sink_strength, locality, rope_base, heavy_hitters,
  *                    heavy_strength, needles, needle_strength, needle_span,
- *                    noise}
+ *                    noise, profile, sink_heads, local_heads, slashes, slash_strength,
+ *                    cluster_tokens, cluster_share}
  *   seq_len
  *   shard (zigzag | contiguous)
  *   attention.phase (prefill), attention.method (dense | block_sparse),
@@ -38,6 +39,9 @@ typedef enum { SR_BACKEND_AUTO = 0, SR_BACKEND_CPU = 1, SR_BACKEND_CUDA = 2 } sr
 /* Bit flags for output.write. */
 enum { SR_WRITE_OUT = 1u << 0, SR_WRITE_LSE = 1u << 1, SR_WRITE_SELECTION = 1u << 2 };
 
+/* input.synthetic.profile. 0 (what a config zeroed in code holds) is the plain generator. */
+typedef enum { SR_SYNTH_PLAIN = 0, SR_SYNTH_CALIBRATED = 1 } sr_synth_profile;
+
 typedef struct sr_synth_params {
   uint32_t sink_tokens;    /* keys at positions < sink_tokens attract every query       */
   float sink_strength;     /* size of the sink component                                 */
@@ -49,6 +53,15 @@ typedef struct sr_synth_params {
   float needle_strength;   /* logit of each (query token, key token) pair of a needle    */
   uint32_t needle_span;    /* tokens per needle side (1 = single-token needles)          */
   float noise;             /* size of the i.i.d. Gaussian part of q, k, v                */
+  /* calibrated profile (docs/SYNTHETIC.md): kv-heads of three types, strengths that follow
+   * the causal key count so that the attention curve does not depend on N */
+  sr_synth_profile profile; /* plain: every head alike, strengths as given                */
+  float sink_heads;        /* fraction of kv-heads that are sink heads                    */
+  float local_heads;       /* fraction of kv-heads that are local (vertical-slash) heads  */
+  uint32_t slashes;        /* slash lines (fixed query-key offsets) per local kv-head      */
+  float slash_strength;    /* logit of a slash line's centre                               */
+  uint32_t cluster_tokens; /* tokens per content cluster of the noise (1 = none)           */
+  float cluster_share;     /* share of the noise variance common to a cluster              */
 } sr_synth_params;
 
 typedef struct sr_config {

@@ -16,6 +16,13 @@
  *     span > 1, needle_strength is the mean over the span's pairs; each pair also keeps its
  *     own locality jitter around that mean.)
  *   - v is an i.i.d. standard Gaussian in every dim: values of order 1 whatever the knobs.
+ *   - Calibrated profile (rows_calibrated): the same three parts, but every strength lives on
+ *     the query side (the key side carries unit amplitudes), so a query row can scale its
+ *     strengths with its own causal key count: strength + ln((pos + 1) / SR_SYNTH_REF_KEYS).
+ *     Each kv-head has a type (sink / local / retrieval) that sets its strengths; local heads
+ *     add slash lines (the locality profile shifted by fixed offsets: a constant complex gain
+ *     per RoPE pair on the key side); the noise of q and k is partly shared by the positions
+ *     of a cluster. The logit stays exactly the sum of one term per feature.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "sr_synth.h"
@@ -35,6 +42,10 @@ enum {
   TAG_HEAVY = 6,
   TAG_NEEDLE_Q = 7,
   TAG_NEEDLE_K = 8,
+  TAG_TYPE = 9,
+  TAG_SLASH = 10,
+  TAG_QCLUSTER = 11,
+  TAG_KCLUSTER = 12,
 };
 
 #define GOLDEN 0x9E3779B97F4A7C15ull
@@ -123,6 +134,158 @@ static double sgn(double x) { return x < 0 ? -1.0 : 1.0; }
 /* Uniform integer in [0, n) from a hash word (n > 0; the modulo bias is < n / 2^64). */
 static inline int64_t below(uint64_t x, int64_t n) { return (int64_t)(x % (uint64_t)n); }
 
+/* ---- calibrated profile: head types and their parameters -------------------------------- */
+
+const char *sr_head_type_name(sr_head_type t) {
+  switch (t) {
+  case SR_HEAD_SINK: return "sink";
+  case SR_HEAD_LOCAL: return "local";
+  case SR_HEAD_RETRIEVAL: return "retrieval";
+  case SR_HEAD_PLAIN: return "plain";
+  }
+  return "?";
+}
+
+static bool calibrated(const sr_config *cfg) { return cfg->synth.profile == SR_SYNTH_CALIBRATED; }
+
+/* Per type: the strengths and noise at the configured defaults (sink_strength 8, locality 6,
+ * heavy_strength 6, needle_strength 14, noise 1), fitted to the targets of docs/SYNTHETIC.md;
+ * a configured value v scales its column by v / default. Which features a type has. */
+static const struct {
+  double sink, locality, heavy, needle, noise;
+  bool heavies, needles, slashes, window; /* window: locality follows the key count */
+} TYPE_FIT[3] = {
+    [SR_HEAD_SINK] = {14.0, 10.0, 0.0, 0.0, 0.7, false, false, false, true},
+    [SR_HEAD_LOCAL] = {11.5, 14.0, 10.0, 0.0, 0.8, true, false, true, true},
+    [SR_HEAD_RETRIEVAL] = {10.5, 8.0, 11.5, 14.0, 2.9, true, true, false, false},
+};
+static const double DEF_SINK = 8.0, DEF_LOCALITY = 6.0, DEF_HEAVY = 6.0, DEF_NEEDLE = 14.0,
+                    DEF_NOISE = 1.0;
+
+/* Kv-heads per type in a layer of kv_heads heads: largest remainders of fraction * kv_heads,
+ * ties to retrieval, then local, then sink. */
+static void type_counts(const sr_config *cfg, int kv_heads, int cnt[3]) {
+  double fs = cfg->synth.sink_heads, fl = cfg->synth.local_heads;
+  if (!(fs > 0)) fs = 0; /* also NaN */
+  if (!(fl > 0)) fl = 0;
+  if (fs > 1) fs = 1;
+  if (fl > 1) fl = 1;
+  if (fs + fl > 1) {
+    double t = fs + fl;
+    fs /= t;
+    fl /= t;
+  }
+  double quota[3] = {fs * kv_heads, fl * kv_heads, (1.0 - fs - fl) * kv_heads};
+  if (quota[2] < 0) quota[2] = 0;
+  int used = 0;
+  for (int t = 0; t < 3; t++) {
+    cnt[t] = (int)floor(quota[t] + 1e-9);
+    used += cnt[t];
+  }
+  static const int order[3] = {SR_HEAD_RETRIEVAL, SR_HEAD_LOCAL, SR_HEAD_SINK};
+  while (used < kv_heads) {
+    int best = -1;
+    double br = -1;
+    for (int o = 0; o < 3; o++) {
+      int t = order[o];
+      double r = quota[t] - cnt[t];
+      if (r > br + 1e-9) {
+        br = r;
+        best = t;
+      }
+    }
+    cnt[best]++;
+    used++;
+  }
+  while (used > kv_heads) { /* only through rounding slack: take from the largest */
+    int t = cnt[2] > 0 ? 2 : cnt[1] > 0 ? 1 : 0;
+    cnt[t]--;
+    used--;
+  }
+}
+
+sr_head_type sr_synth_head_type(const sr_config *cfg, int layer, int kv_head) {
+  if (!calibrated(cfg)) return SR_HEAD_PLAIN;
+  const int kv = cfg->kv_heads > 0 ? cfg->kv_heads : 1;
+  if (kv_head < 0 || kv_head >= kv) return SR_HEAD_PLAIN;
+  int cnt[3];
+  type_counts(cfg, kv, cnt);
+  /* The slot of kv_head: its rank among the hashed keys of the layer's kv-heads (ties by
+   * index); slots [0, retrieval) retrieve, then local, then sink. */
+  const uint64_t key = stream_key(cfg->seed, TAG_TYPE, layer, 0);
+  const uint64_t mine = stream_at(key, (uint64_t)kv_head);
+  int slot = 0;
+  for (int g = 0; g < kv; g++) {
+    uint64_t x = stream_at(key, (uint64_t)g);
+    if (x < mine || (x == mine && g < kv_head)) slot++;
+  }
+  if (slot < cnt[SR_HEAD_RETRIEVAL]) return SR_HEAD_RETRIEVAL;
+  if (slot < cnt[SR_HEAD_RETRIEVAL] + cnt[SR_HEAD_LOCAL]) return SR_HEAD_LOCAL;
+  return SR_HEAD_SINK;
+}
+
+void sr_synth_head_params(const sr_config *cfg, int layer, int kv_head, sr_synth_head *h) {
+  const sr_synth_params *sp = &cfg->synth;
+  memset(h, 0, sizeof *h);
+  h->type = sr_synth_head_type(cfg, layer, kv_head);
+  h->sink_tokens = (int)(sp->sink_tokens > 0x7fffffff ? 0x7fffffff : sp->sink_tokens);
+  h->cluster_tokens = 1;
+  if (h->type == SR_HEAD_PLAIN) {
+    h->sink = sp->sink_strength;
+    h->locality = sp->locality;
+    h->heavy = sp->heavy_strength;
+    h->needle = sp->needle_strength;
+    h->noise = sp->noise;
+    h->heavy_hitters = (int)sp->heavy_hitters;
+    h->needles = (int)sp->needles;
+    return;
+  }
+  /* Negative values (possible only in configs built in code) count as 0 here. */
+#define POS(x) ((x) > 0 ? (double)(x) : 0.0)
+  const int t = h->type;
+  h->sink = POS(sp->sink_strength) * TYPE_FIT[t].sink / DEF_SINK;
+  h->locality = POS(sp->locality) * TYPE_FIT[t].locality / DEF_LOCALITY;
+  h->heavy = TYPE_FIT[t].heavies ? POS(sp->heavy_strength) * TYPE_FIT[t].heavy / DEF_HEAVY : 0;
+  h->needle = TYPE_FIT[t].needles ? POS(sp->needle_strength) * TYPE_FIT[t].needle / DEF_NEEDLE : 0;
+  h->noise = POS(sp->noise) * TYPE_FIT[t].noise / DEF_NOISE;
+  h->heavy_hitters = TYPE_FIT[t].heavies ? (int)sp->heavy_hitters : 0;
+  h->needles = TYPE_FIT[t].needles ? (int)sp->needles : 0;
+  h->slashes = TYPE_FIT[t].slashes && h->locality > 0 ? (int)sp->slashes : 0;
+  h->slash = h->slashes > 0 ? POS(sp->slash_strength) : 0;
+  if (h->slash == 0) h->slashes = 0;
+  h->window = TYPE_FIT[t].window ? 1.0 : 0.0;
+  h->cluster_tokens = sp->cluster_tokens > 1 ? (int64_t)sp->cluster_tokens : 1;
+  h->cluster_share = sp->cluster_share > 0 ? (sp->cluster_share < 1 ? sp->cluster_share : 1) : 0;
+  if (h->cluster_tokens <= 1) h->cluster_share = 0;
+#undef POS
+}
+
+/* Heavy hitters and needles of (layer, kv_head): the configured counts, or the type's. */
+static int64_t heavy_count(const sr_config *cfg, int layer, int kv_head) {
+  if (!calibrated(cfg)) return cfg->synth.heavy_hitters;
+  sr_head_type t = sr_synth_head_type(cfg, layer, kv_head);
+  return t == SR_HEAD_PLAIN || !TYPE_FIT[t].heavies ? 0 : cfg->synth.heavy_hitters;
+}
+static int64_t needle_count(const sr_config *cfg, int layer, int kv_head) {
+  if (!calibrated(cfg)) return cfg->synth.needles;
+  sr_head_type t = sr_synth_head_type(cfg, layer, kv_head);
+  return t == SR_HEAD_PLAIN || !TYPE_FIT[t].needles ? 0 : cfg->synth.needles;
+}
+
+int sr_synth_slashes(const sr_config *cfg, int layer, int kv_head, int64_t *out, int max) {
+  sr_synth_head h;
+  sr_synth_head_params(cfg, layer, kv_head, &h);
+  int n = h.slashes < max ? h.slashes : max;
+  /* Offsets log-uniform in [32, 1024]: one per stratum of the log range, so they spread. */
+  const uint64_t key = stream_key(cfg->seed, TAG_SLASH, layer, kv_head);
+  const double lo = log(32.0), hi = log(1024.0);
+  for (int s = 0; s < n; s++) {
+    double u = (s + u01(stream_at(key, (uint64_t)s))) / (double)h.slashes;
+    out[s] = (int64_t)llround(exp(lo + u * (hi - lo)));
+  }
+  return n;
+}
+
 int64_t sr_synth_needle_span(const sr_config *cfg) {
   int64_t span = cfg->synth.needle_span > 0 ? (int64_t)cfg->synth.needle_span : 1;
   int64_t half = cfg->seq_len / 2;
@@ -139,7 +302,7 @@ static int64_t heavy_at(uint64_t key, int64_t lo, int64_t range, int64_t want, i
 
 static int64_t heavy_scan(const sr_config *cfg, int layer, int kv_head, int64_t a, int64_t b,
                           bool last) {
-  int64_t n = cfg->seq_len, want = cfg->synth.heavy_hitters;
+  int64_t n = cfg->seq_len, want = heavy_count(cfg, layer, kv_head);
   /* A heavy hitter of strength 0 is none (rows equal those of heavy_hitters 0). */
   if (n < 1 || want <= 0 || a >= b || cfg->synth.heavy_strength == 0) return -1;
   uint64_t key = stream_key(cfg->seed, TAG_HEAVY, layer, kv_head);
@@ -167,7 +330,7 @@ static int64_t heavy_in_first(const sr_config *cfg, int layer, int kv_head, int6
 
 int sr_synth_needles(const sr_config *cfg, int layer, int kv_head, sr_needle *out, int max) {
   int64_t n = cfg->seq_len;
-  int64_t want = cfg->synth.needles;
+  int64_t want = needle_count(cfg, layer, kv_head);
   if (n < 2 || want <= 0 || max <= 0) return 0;
   if (want > max) want = max;
   uint64_t kq = stream_key(cfg->seed, TAG_NEEDLE_Q, layer, kv_head);
@@ -222,7 +385,7 @@ static int cmp_i64(const void *a, const void *b) {
 
 int sr_synth_heavy(const sr_config *cfg, int layer, int kv_head, int64_t *out, int max) {
   int64_t n = cfg->seq_len;
-  int64_t want = cfg->synth.heavy_hitters;
+  int64_t want = heavy_count(cfg, layer, kv_head);
   if (n < 1 || want <= 0 || max <= 0) return 0;
   uint64_t key = stream_key(cfg->seed, TAG_HEAVY, layer, kv_head);
   /* One position per stratum of [sink_tokens, N) (of [0, N) if no room is left after the
@@ -328,8 +491,9 @@ static inline void noise_row(uint64_t key, int64_t pos, int from, int d, double 
   for (int x = from; x < d; x++) o[x] = (float)(a * gauss(stream_at(rk, (uint64_t)x)));
 }
 
-void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
-                   int64_t count, float *out) {
+/* The plain profile (and v of both profiles). */
+static void rows_plain(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
+                       int64_t count, float *out) {
   const int d = cfg->head_dim;
   if (count <= 0 || d <= 0) return;
   const sr_synth_params *sp = &cfg->synth;
@@ -543,4 +707,274 @@ void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_
   free(D.basis);
   free(tmp);
   free(heap);
+}
+
+/* ---- the calibrated profile -------------------------------------------------------------- */
+
+/* ln(n / SR_SYNTH_REF_KEYS) for the causal key count n = pos + 1 of a query row. */
+static inline double keys_log(int64_t pos) {
+  return log((double)(pos + 1) / (double)SR_SYNTH_REF_KEYS);
+}
+/* A strength at a query row: S + ln(n / ref), at least 0; a strength of 0 stays 0. */
+static inline double eff(double s, double lam) {
+  if (!(s > 0)) return 0.0;
+  double v = s + lam;
+  return v > 0 ? v : 0.0;
+}
+
+/* The locality profile of a query row against the key span [kpos, kpos + S), averaged over the
+ * span: (1/S) sum_b P(i - kpos - b), P(D) = rho(D) + c sum_s rho(D - off_s), in closed form
+ * (a geometric sum per RoPE pair: sum_b cos((D - b) th) = cos((D - (S-1)/2) th) F, with
+ * F = sin(S th / 2) / sin(th / 2)). */
+static double span_profile(int64_t dist, int64_t S, const double *th, int m, double c,
+                           const int64_t *off, int nsl) {
+  if (m <= 0) return 0.0;
+  double r = 0;
+  const double mid = 0.5 * (double)(S - 1);
+  for (int p = 0; p < m; p++) {
+    double f = 1.0;
+    if (S > 1) {
+      double a = sin(0.5 * (double)S * th[p]), b = sin(0.5 * th[p]);
+      f = a / (b * (double)S);
+    }
+    double v = cos(((double)dist - mid) * th[p]);
+    for (int s = 0; s < nsl; s++) v += c * cos(((double)(dist - off[s]) - mid) * th[p]);
+    r += v * f;
+  }
+  return r / m;
+}
+
+static void rows_calibrated(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
+                            int64_t count, float *out) {
+  const int d = cfg->head_dim;
+  const geom g = make_geom(d);
+  const size_t rowlen = (size_t)d;
+  const bool isq = which == 'q';
+  const int group = cfg->kv_heads > 0 && cfg->q_heads >= cfg->kv_heads
+                        ? cfg->q_heads / cfg->kv_heads : 1;
+  const int kvh = isq ? head / group : head;
+  sr_synth_head hp;
+  sr_synth_head_params(cfg, layer, kvh, &hp);
+  const int64_t end = pos0 + count;
+
+  /* Noise: entries of size sigma give a logit of standard deviation `noise`; a share of the
+   * variance is common to the positions of a cluster [c G, (c + 1) G). */
+  const int nd = d - g.noise0;
+  const double sigma = nd > 0 ? sqrt(hp.noise) * pow((double)d / nd, 0.25) : 0.0;
+  const double a_tok = sigma * sqrt(1.0 - hp.cluster_share);
+  const double a_cl = sigma * sqrt(hp.cluster_share);
+  const int64_t G = hp.cluster_tokens;
+  const uint64_t nkey = stream_key(cfg->seed, isq ? TAG_Q : TAG_K, layer, head);
+  const uint64_t ckey = stream_key(cfg->seed, isq ? TAG_QCLUSTER : TAG_KCLUSTER, layer, head);
+
+  /* Locality: unit key amplitude a_k per pair (logit = amplitude ratio x profile); the query
+   * carries L_eff(pos) a_k. Slash lines: the key side multiplies pair p by the complex gain
+   * M_p = 1 + c sum_s exp(i off_s th_p), c = slash / locality. */
+  double *th = NULL, *ph = NULL, *gain = NULL;
+  int64_t off[64];
+  const int nsl = hp.slashes > 0 ? sr_synth_slashes(cfg, layer, kvh, off, 64) : 0;
+  const double csl = nsl > 0 && hp.locality > 0 ? hp.slash / hp.locality : 0.0;
+  const double a_k = g.m > 0 ? sqrt(sqrt((double)d) / g.m) : 0.0;
+  const double U = pow((double)d, 0.25); /* unit amplitude of a free direction */
+  double csl_norm = 1.0;                  /* 1 / P(0) */
+  if (g.m > 0) {
+    th = malloc(4 * (size_t)g.m * sizeof *th);
+    if (!th) {
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+    ph = th + g.m;
+    gain = th + 2 * g.m; /* [m][2] */
+    const double base = cfg->synth.rope_base > 1.0f ? (double)cfg->synth.rope_base : 1.0;
+    const uint64_t pkey = stream_key(cfg->seed, TAG_PHASE, layer, kvh);
+    for (int p = 0; p < g.m; p++) {
+      th[p] = pow(base, -(double)p / g.m);
+      ph[p] = TWO_PI * u01(stream_at(pkey, (uint64_t)p));
+      double re = 1.0, im = 0.0;
+      for (int s = 0; s < nsl; s++) {
+        re += csl * cos((double)off[s] * th[p]);
+        im += csl * sin((double)off[s] * th[p]);
+      }
+      gain[2 * p] = re;
+      gain[2 * p + 1] = im;
+    }
+    /* Normalised so that the diagonal's logit is the locality: P(0) = mean_p Re M_p. */
+    double p0 = 0;
+    for (int p = 0; p < g.m; p++) p0 += gain[2 * p];
+    p0 /= g.m;
+    if (p0 > 0 && nsl > 0) {
+      for (int p = 0; p < 2 * g.m; p++) gain[p] /= p0;
+      csl_norm = 1.0 / p0;
+    }
+  }
+
+  /* Shared directions: 0 sink, 1 heavy, 2 + t needle t (as in the plain profile). */
+  dirs D = {stream_key(cfg->seed, TAG_DIR, layer, kvh), g.f, 0, NULL};
+  double *sdir = NULL, *hdir = NULL, *tmp = NULL;
+  if (g.f > 0) {
+    D.basis = malloc((size_t)g.f * g.f * sizeof *D.basis);
+    sdir = malloc(3 * (size_t)g.f * sizeof *sdir);
+    if (!D.basis || !sdir) {
+      free(D.basis);
+      free(sdir);
+      free(th);
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+    hdir = sdir + g.f;
+    tmp = sdir + 2 * g.f;
+    dir_get(&D, 0, sdir);
+    dir_get(&D, 1, hdir);
+  }
+  const bool has_sink = hp.sink > 0 && hp.sink_tokens > 0;
+  const bool has_heavy = hp.heavy > 0 && hp.heavy_hitters > 0;
+
+  const int64_t nruns = ((end - 1) >> LO_BITS) - (pos0 >> LO_BITS) + 1;
+  double *lo_tab = NULL, *hi_rot = NULL;
+  if (g.m > 0) {
+    hi_rot = malloc((size_t)nruns * 2 * g.m * sizeof *hi_rot);
+    if (count >= LO_SIZE) lo_tab = malloc((size_t)LO_SIZE * 2 * g.m * sizeof *lo_tab);
+    if (!hi_rot || (count >= LO_SIZE && !lo_tab)) {
+      free(hi_rot);
+      free(lo_tab);
+      free(D.basis);
+      free(sdir);
+      free(th);
+      sr__poison_f32(out, (size_t)count * rowlen);
+      return;
+    }
+  }
+  if (lo_tab) {
+#pragma omp parallel for schedule(static)
+    for (int lo = 0; lo < LO_SIZE; lo++)
+      for (int p = 0; p < g.m; p++) {
+        lo_tab[((size_t)lo * g.m + p) * 2] = cos((double)lo * th[p]);
+        lo_tab[((size_t)lo * g.m + p) * 2 + 1] = sin((double)lo * th[p]);
+      }
+  }
+
+#pragma omp parallel for schedule(dynamic, 1) if (count >= LO_SIZE)
+  for (int64_t run = 0; run < nruns; run++) {
+    const int64_t hi = (pos0 >> LO_BITS) + run;
+    int64_t r0 = (hi << LO_BITS) - pos0, r1 = ((hi + 1) << LO_BITS) - pos0;
+    if (r0 < 0) r0 = 0;
+    if (r1 > count) r1 = count;
+    double *hr = hi_rot ? hi_rot + (size_t)run * 2 * g.m : NULL;
+    for (int p = 0; p < g.m; p++) {
+      double a = (double)(hi << LO_BITS) * th[p] + ph[p];
+      double c = cos(a), s = sin(a);
+      if (isq) {
+        hr[2 * p] = c;
+        hr[2 * p + 1] = s;
+      } else { /* times a_k M_p */
+        const double gr = gain[2 * p], gi = gain[2 * p + 1];
+        hr[2 * p] = a_k * (c * gr - s * gi);
+        hr[2 * p + 1] = a_k * (c * gi + s * gr);
+      }
+    }
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t pos = pos0 + r;
+      const int lo = (int)(pos & (LO_SIZE - 1));
+      float *o = out + r * rowlen;
+      const double lam = keys_log(pos);
+      const double aq = isq ? eff(hp.locality, hp.window * lam) * a_k : 1.0;
+      for (int p = 0; p < g.m; p++) {
+        double cb, sb;
+        if (lo_tab) {
+          cb = lo_tab[((size_t)lo * g.m + p) * 2];
+          sb = lo_tab[((size_t)lo * g.m + p) * 2 + 1];
+        } else {
+          cb = cos((double)lo * th[p]);
+          sb = sin((double)lo * th[p]);
+        }
+        o[2 * p] = (float)(aq * (hr[2 * p] * cb - hr[2 * p + 1] * sb));
+        o[2 * p + 1] = (float)(aq * (hr[2 * p + 1] * cb + hr[2 * p] * sb));
+      }
+      if (isq) {
+        const double cs = has_sink ? eff(hp.sink, lam) * U : 0.0;
+        const double ch = has_heavy ? eff(hp.heavy, lam) * U : 0.0;
+        for (int x = 0; x < g.f; x++) o[2 * g.m + x] = (float)(cs * sdir[x] + ch * hdir[x]);
+      } else {
+        for (int x = 0; x < g.f; x++) o[2 * g.m + x] = 0.0f;
+      }
+      if (nd > 0) {
+        const uint64_t rk = mix64(nkey ^ (uint64_t)pos);
+        if (a_cl > 0) {
+          const uint64_t ck = mix64(ckey ^ (uint64_t)(pos / G));
+          for (int x = g.noise0; x < d; x++)
+            o[x] = (float)(a_tok * gauss(stream_at(rk, (uint64_t)x)) +
+                           a_cl * gauss(stream_at(ck, (uint64_t)x)));
+        } else {
+          for (int x = g.noise0; x < d; x++) o[x] = (float)(a_tok * gauss(stream_at(rk, (uint64_t)x)));
+        }
+      }
+    }
+  }
+  free(lo_tab);
+  free(hi_rot);
+
+  /* Per-position features, added to the few rows they touch. */
+  if (g.f > 0) {
+    if (!isq) {
+      int64_t s1 = (int64_t)hp.sink_tokens < end ? (int64_t)hp.sink_tokens : end;
+      for (int64_t j = pos0 > 0 ? pos0 : 0; j < s1 && has_sink; j++) {
+        clear_locality(&g, out + (j - pos0) * rowlen);
+        add_dir(&D, 0, U, &g, out + (j - pos0) * rowlen, tmp);
+      }
+      if (has_heavy) {
+        int64_t *hv = malloc((size_t)hp.heavy_hitters * sizeof *hv);
+        if (hv) {
+          int nh = sr_synth_heavy(cfg, layer, kvh, hv, hp.heavy_hitters);
+          for (int t = 0; t < nh; t++)
+            if (hv[t] >= pos0 && hv[t] < end) {
+              clear_locality(&g, out + (hv[t] - pos0) * rowlen);
+              add_dir(&D, 1, U, &g, out + (hv[t] - pos0) * rowlen, tmp);
+            }
+          free(hv);
+        } else {
+          sr__poison_f32(out, (size_t)count * rowlen);
+        }
+      }
+    }
+    if (hp.needles > 0 && hp.needle > 0) {
+      sr_needle *nv = malloc((size_t)hp.needles * sizeof *nv);
+      if (nv) {
+        int nn = sr_synth_needles(cfg, layer, kvh, nv, hp.needles);
+        for (int t = 0; t < nn; t++) {
+          const int64_t S = nv[t].span;
+          const int64_t first = isq ? nv[t].qpos : nv[t].kpos;
+          const int64_t lo = first > pos0 ? first : pos0;
+          const int64_t hi = first + S < end ? first + S : end;
+          for (int64_t pos = lo; pos < hi; pos++) {
+            double a = U;
+            if (isq) {
+              /* tau(i) = S_n,eff - L_eff * (the row's mean locality profile over the key
+               * span): the row's mean logit over its key span is exactly S_n,eff. */
+              const double lam = keys_log(pos);
+              const double pbar =
+                  csl_norm * span_profile(pos - nv[t].kpos, S, th, g.m, csl, off, nsl);
+              a = (eff(hp.needle, lam) - eff(hp.locality, hp.window * lam) * pbar) * U;
+            }
+            add_dir(&D, 2 + t, a, &g, out + (pos - pos0) * rowlen, tmp);
+          }
+        }
+        free(nv);
+      } else {
+        sr__poison_f32(out, (size_t)count * rowlen);
+      }
+    }
+  }
+  free(D.basis);
+  free(sdir);
+  free(th);
+}
+
+void sr_synth_rows(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
+                   int64_t count, float *out) {
+  if (which == 'v' || !calibrated(cfg) || count <= 0 || cfg->head_dim <= 0)
+    rows_plain(cfg, layer, which, head, pos0, count, out);
+  else if (which != 'q' && which != 'k')
+    sr__poison_f32(out, (size_t)count * (size_t)cfg->head_dim);
+  else
+    rows_calibrated(cfg, layer, which, head, pos0, count, out);
 }
