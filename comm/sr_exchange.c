@@ -37,6 +37,10 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
   x->nkb_local = p->nkb_local;
   x->item_elems = (size_t)p->bk * (size_t)p->d;
   const int64_t nids = (int64_t)p->kv_heads * p->nkb_global;
+  /* Every int32 slot and every int count or displacement below is at most nids, which
+   * sr_plan_init bounds by INT32_MAX ("kv_heads x key blocks"). Identical on every rank (the
+   * plan is), so failing here returns on all ranks alike, before any collective. */
+  SR_ASSERT(nids <= INT32_MAX);
 
   sr_status st = SR_OK;
   int *cnt_send = NULL, *cnt_recv = NULL, *dis_send = NULL, *dis_recv = NULL;
@@ -53,6 +57,7 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
     for (int64_t j = 0; j < p->nkb_global; j++) {
       int64_t lb = 0;
       sr_plan_kblock_owner(p, j, &lb);
+      /* < kv_heads x nkb_local <= nids <= INT32_MAX (sr_plan_init). */
       x->slot_of[h * p->nkb_global + j] = (int32_t)(h * p->nkb_local + lb);
     }
   if (mode == SR_EXCHANGE_DENSE_RING) goto done;
@@ -96,7 +101,8 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
     for (int64_t id = 0; id < nids; id++)
       if (need[id]) {
         int o = sr_plan_kblock_owner(p, id % p->nkb_global, NULL);
-        /* In the step buffer from owner o, items sit in request order. */
+        /* In the step buffer from owner o, items sit in request order. < nreq <= nids <=
+         * INT32_MAX (sr_plan_init). */
         x->slot_of[id] = (int32_t)(fill[o] - x->req_off[o]);
         x->req_ids[fill[o]++] = id;
       }
@@ -107,6 +113,8 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
       st = sr__seterr(SR_ERR_SHAPE, "request list of %lld blocks is too long", (long long)c);
       goto done;
     }
+    /* MPI counts and displacements are int: c and req_off[o] are at most nreq <= nids <=
+     * INT32_MAX (sr_plan_init "kv_heads x key blocks"); the check above is a second guard. */
     cnt_send[o] = (int)c;
     dis_send[o] = (int)x->req_off[o];
   }
@@ -119,6 +127,8 @@ done:
     int64_t total = 0;
     if (st == SR_OK) {
       for (int o = 0; o < P; o++) {
+        /* total counts distinct blocks of mine asked for by the other ranks, at most
+         * (P-1) x kv_heads x nkb_local < nids <= INT32_MAX (sr_plan_init). */
         dis_recv[o] = (int)total;
         x->send_off[o] = total;
         total += cnt_recv[o];
@@ -144,7 +154,7 @@ done:
                           me, (long long)id);
           break;
         }
-        x->send_slots[i] = (int32_t)(h * p->nkb_local + lb);
+        x->send_slots[i] = (int32_t)(h * p->nkb_local + lb); /* < nids (sr_plan_init) */
       }
     }
   }

@@ -49,6 +49,9 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   a->scale = 1.0f / sqrtf((float)p->d);
   const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
   const int P = p->nranks;
+  /* int32 slots come from x->slot_of (bounded there); nqb and rows are passed to the kernels
+   * as int: sr_plan_init bounds q_heads x nqb_global by INT32_MAX ("q_heads x q-blocks"). */
+  SR_ASSERT(rows <= INT32_MAX);
   a->qpos = sr__alloc((size_t)p->nqb_local * sizeof(int64_t));
   a->row_ptr = sr__calloc((size_t)P, sizeof(int64_t *));
   a->slot = sr__calloc((size_t)P, sizeof(int32_t *));
@@ -138,7 +141,7 @@ sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void
       .d = p->d,
       .bq = p->bq,
       .bk = p->bk,
-      .nqb = (int)p->nqb_local,
+      .nqb = (int)p->nqb_local, /* <= q_heads x nqb_global <= INT32_MAX (sr_plan_init) */
       .nq = p->n_local,
       .q = a->q,
       .qpos = a->qpos,

@@ -7,6 +7,11 @@
 #include "sr_plan.h"
 #include "sr_internal.h"
 
+#include <stdint.h>
+
+/* Whether a * b exceeds INT32_MAX (a > 0, b >= 0; no overflow in the test itself). */
+static int over_int32(int64_t a, int64_t b) { return a > 0 && b > INT32_MAX / a; }
+
 sr_status sr_plan_init(sr_plan *p, const sr_config *cfg, int nranks, int rank) {
   *p = (sr_plan){0};
   if (nranks < 1 || rank < 0 || rank >= nranks)
@@ -44,6 +49,38 @@ sr_status sr_plan_init(sr_plan *p, const sr_config *cfg, int nranks, int rank) {
   p->nkb_global = p->n / p->bk;
   p->nqb_local = p->n_local / p->bq;
   p->nkb_local = p->n_local / p->bk;
+  /* 32-bit bounds. Everything downstream stores or passes these as int32/int, and the checks
+   * here are what keeps them in range (comments at each use point back here):
+   *   kv_heads x nkb_global   slot numbers and step-buffer slots (int32 slot_of, send_slots,
+   *                           sr_attn_args.slot), key-block ids in a selection (int32 col),
+   *                           request counts and displacements passed to MPI_Alltoallv (int);
+   *   q_heads x nqb_global    CSR rows of a selection and of the attention lists, and with it
+   *                           nqb (int in sr_attn_args) and per-rank row counts passed to
+   *                           MPI_Gather/Allgather (int);
+   *   kv_heads x nkb_local x head_dim   (block_sparse) key-block summary floats per rank, the
+   *                           MPI_Allgather count in sr_summaries_gather (int).
+   * A larger block shrinks all three. */
+  const char *what = NULL, *also = "";
+  int64_t a = 0, b = 0;
+  if (over_int32(p->kv_heads, p->nkb_global))
+    what = "kv_heads x key blocks (slot numbers)", a = p->kv_heads, b = p->nkb_global;
+  else if (over_int32(p->q_heads, p->nqb_global))
+    what = "q_heads x q-blocks (CSR rows)", a = p->q_heads, b = p->nqb_global;
+  else if (cfg->method == SR_METHOD_BLOCK_SPARSE &&
+           (over_int32(p->kv_heads, p->nkb_local) ||
+            over_int32((int64_t)p->kv_heads * p->nkb_local, p->d)))
+    what = "kv_heads x local key blocks x head_dim (summary floats per rank)",
+    a = (int64_t)p->kv_heads * p->nkb_local, b = p->d, also = " (or more ranks)";
+  if (what) {
+    const double count = (double)a * (double)b;
+    *p = (sr_plan){0};
+    return sr__seterr(SR_ERR_SHAPE,
+                      "seq_len %lld with block_q %d, block_k %d, %d q-heads and %d kv-heads on "
+                      "%d rank%s: %s = %.0f exceeds the 32-bit limit %d; use larger blocks%s",
+                      (long long)cfg->seq_len, cfg->block_q, cfg->block_k, cfg->q_heads,
+                      cfg->kv_heads, nranks, nranks == 1 ? "" : "s", what, count,
+                      (int)INT32_MAX, also);
+  }
   return SR_OK;
 }
 

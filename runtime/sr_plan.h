@@ -31,7 +31,11 @@ typedef struct sr_plan {
 } sr_plan;
 
 /* Builds the plan; SR_ERR_SHAPE with a one-line message if N does not split into whole blocks
- * per chunk, if there are more ranks than chunks allow, or if heads do not divide. */
+ * per chunk, if there are more ranks than chunks allow, if heads do not divide, or if a
+ * 32-bit index would overflow: kv_heads x nkb_global (slot numbers, key-block ids, MPI request
+ * counts), q_heads x nqb_global (CSR rows, MPI row counts) and, for block_sparse,
+ * kv_heads x nkb_local x head_dim (the summaries' MPI count) must each be <= INT32_MAX
+ * (the message names seq_len, the block sizes and the heads and says "use larger blocks"). */
 sr_status sr_plan_init(sr_plan *p, const sr_config *cfg, int nranks, int rank);
 
 /* Chunk index owned by `rank` as its c-th chunk (c < chunks_per_rank), ascending position. */

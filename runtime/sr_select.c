@@ -55,6 +55,9 @@ static int64_t diag_block(const sr_plan *p, int64_t qpos) { return (qpos + p->bq
 
 static sr_status alloc_rows(const sr_plan *p, sr_selection *sel) {
   *sel = (sr_selection){.q_heads = p->q_heads, .nqb = p->nqb_local};
+  /* col holds key-block ids as int32 and rows are counted by MPI as int: sr_plan_init bounds
+   * kv_heads x nkb_global and q_heads x nqb_global by INT32_MAX. */
+  SR_ASSERT(p->nkb_global <= INT32_MAX && (int64_t)p->q_heads * p->nqb_local <= INT32_MAX);
   sel->row_ptr = sr__calloc((size_t)p->q_heads * (size_t)p->nqb_local + 1, sizeof(int64_t));
   if (!sel->row_ptr) return sr__seterr(SR_ERR_NOMEM, "out of memory for the selection");
   return SR_OK;
@@ -86,7 +89,7 @@ sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const v
     return sr__seterr(SR_ERR_CONFIG, "attention.top_chunks: %d is below 3", top_chunks);
   SR_TRY(alloc_rows(p, sel));
   const int64_t nqb = p->nqb_local, nkb = p->nkb_global;
-  const int64_t K = top_chunks < nkb ? top_chunks : nkb;
+  const int64_t K = top_chunks < nkb ? top_chunks : nkb; /* an int: <= top_chunks */
   sel->top_chunks = (int)K;
   const int64_t rows = (int64_t)p->q_heads * nqb;
   /* Row lengths are known before scoring: min(causal blocks, K). */
@@ -162,7 +165,9 @@ sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, MPI_Comm c
   be->free(mine_dev);
   st = sr_comm_agree(comm, st);
   /* Small (N/bk x kv_heads x d floats): host memory over MPI on every backend. */
-  if (st == SR_OK && local_floats > (size_t)INT_MAX) /* an MPI count */
+  /* An MPI count: sr_plan_init refuses block_sparse plans where it passes INT32_MAX
+   * ("summary floats per rank"); this stays as the check at the point of use. */
+  if (st == SR_OK && local_floats > (size_t)INT_MAX)
     st = sr__seterr(SR_ERR_SHAPE, "key-block summaries of %zu bytes per rank are too large",
                     local_floats * sizeof(float));
   if (st == SR_OK)

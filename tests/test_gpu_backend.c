@@ -10,6 +10,8 @@
  * exactly. Every output is poisoned (NaN) before the op; rows past nq carry guard values
  * that must survive; K/V past kv_limit are NaN in the pool, so a kernel that reads them fails.
  * Every attention kernel that fits a shape is run (generic, mma, and wgmma where built).
+ * Last, the internal upload of host lists (sr__cuda_upload) with a first piece past 2 GiB:
+ * about 2.2 GB of pageable and 3.2 GB of pinned host memory, 3.2 GB of device memory.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -601,6 +603,89 @@ static void test_store_copy(void **state) {
   free(x), free(y), free(bits);
 }
 
+#ifdef SR_CUDA
+/* ---- uploads past 2 GiB ------------------------------------------------------------------ */
+
+/* kernels/cuda/sr_cuda_internal.h is CUDA C++ (cuda_runtime.h and kernels.h inside C++, and
+ * sr__cuda_upload declared with C++ linkage), so this C file restates sr_cuda_piece and the
+ * scratch area's number and names the function by its C++ (Itanium ABI) symbol. A change of
+ * the signature there makes this test fail to link rather than call the function wrongly. */
+typedef struct sr_cuda_piece {
+  const void *host;
+  size_t bytes;
+  void **dev;
+} sr_cuda_piece;
+enum { SCRATCH_ATTN = 0 }; /* SR_SCRATCH_ATTN: the area attn_fwd uploads its CSR lists into */
+sr_status sr__cuda_upload_c(int which, const sr_cuda_piece *pieces, int n)
+    __asm__("_Z15sr__cuda_uploadiPK13sr_cuda_piecei");
+
+/* bytes of device memory -> host, after every queued op (the upload) has finished. */
+static void dev_read(void *dst, const void *src, size_t bytes) {
+  check(gpu->sync(), "sync");
+  check(sr__cuda_check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H",
+                       __FILE__, __LINE__),
+        "read back");
+}
+
+/* The counter pattern of the big piece: 8 bytes per index. */
+static uint64_t pat(uint64_t i) { return (i + 1) * 0x9E3779B97F4A7C15ull; }
+
+/*
+ * sr__cuda_upload with a first piece of 2 GiB + 4 KiB (the size class of the kpos list at
+ * N = 512K, 32 q-heads, dense) and two small pieces of random bytes and odd sizes behind it:
+ * each piece's device address must be the scratch base plus the 16-byte-aligned sizes of the
+ * pieces before it, and what lies there must be the piece. With the old `int off` the offset
+ * wrapped to -2^31 + 4096 after the first piece, so the second piece's address lay 2 GiB
+ * before the scratch area (the dense N = 524288 relative error of 1.1). Host memory: the
+ * 2 GiB piece (pageable) and the backend's pinned staging slot, 1.5 x the total (~3.2 GB,
+ * kept until the process ends); device: the scratch area, also ~3.2 GB. Runs last.
+ */
+static void test_upload_past_2gib(void **state) {
+  (void)state;
+  const size_t big = ((size_t)1 << 31) + 4096;
+  const size_t small[2] = {1000 + (size_t)rnd_below(3000) * 2 + 1, 16 + (size_t)rnd_below(64)};
+  uint64_t *h0 = malloc(big);
+  if (!h0) {
+    fprintf(stderr, "# upload_past_2gib: skipped: no %zu bytes of host memory\n", big);
+    skip();
+  }
+  for (size_t i = 0; i < big / 8; i++) h0[i] = pat(i);
+  unsigned char *h1 = xmalloc(small[0]), *h2 = xmalloc(small[1]);
+  for (size_t i = 0; i < small[0]; i++) h1[i] = (unsigned char)sr_test_next(&rng);
+  for (size_t i = 0; i < small[1]; i++) h2[i] = (unsigned char)sr_test_next(&rng);
+  void *d0 = NULL, *d1 = NULL, *d2 = NULL;
+  const sr_cuda_piece pc[3] = {{h0, big, &d0}, {h1, small[0], &d1}, {h2, small[1], &d2}};
+  check(sr__cuda_upload_c(SCRATCH_ATTN, pc, 3), "sr__cuda_upload");
+  const size_t a0 = (big + 15) & ~(size_t)15, a1 = (small[0] + 15) & ~(size_t)15;
+  const ptrdiff_t off1 = (char *)d1 - (char *)d0, off2 = (char *)d2 - (char *)d0;
+  fprintf(stderr, "# upload_past_2gib: pieces of %zu, %zu, %zu bytes at offsets 0, %td, %td\n",
+          big, small[0], small[1], off1, off2);
+  if (off1 != (ptrdiff_t)a0 || off2 != (ptrdiff_t)(a0 + a1))
+    fail_msg("upload: pieces 2 and 3 at offsets %td and %td from piece 1, expected %zu and %zu "
+             "(an offset that wrapped at 2^31 points before the scratch area)",
+             off1, off2, a0, a0 + a1);
+  /* The small pieces, whole. */
+  unsigned char *g1 = xmalloc(small[0]), *g2 = xmalloc(small[1]);
+  dev_read(g1, d1, small[0]);
+  dev_read(g2, d2, small[1]);
+  assert_memory_equal(g1, h1, small[0]);
+  assert_memory_equal(g2, h2, small[1]);
+  /* The big piece: its first 4 KiB and its last 64 KiB (past 2^31). */
+  const size_t head = 4096, tail = (size_t)64 << 10;
+  uint64_t *g0 = xmalloc(tail);
+  dev_read(g0, d0, head);
+  for (size_t i = 0; i < head / 8; i++)
+    if (g0[i] != pat(i)) fail_msg("upload: piece 1 word %zu differs", i);
+  dev_read(g0, (const char *)d0 + big - tail, tail);
+  for (size_t i = 0; i < tail / 8; i++) {
+    const size_t w = (big - tail) / 8 + i;
+    if (g0[i] != pat(w)) fail_msg("upload: piece 1 word %zu (byte %zu) differs", w, w * 8);
+  }
+  fprintf(stderr, "# upload_past_2gib: pieces equal on the device\n");
+  free(h0), free(h1), free(h2), free(g0), free(g1), free(g2);
+}
+#endif
+
 int main(void) {
   gpu = sr_backend_cuda(0);
   if (!gpu) {
@@ -615,6 +700,9 @@ int main(void) {
       cmocka_unit_test(test_attn_dense),   cmocka_unit_test(test_attn_sparse),
       cmocka_unit_test(test_attn_qpos_pool), cmocka_unit_test(test_attn_empty_rows),
       cmocka_unit_test(test_attn_auto),
+#ifdef SR_CUDA
+      cmocka_unit_test(test_upload_past_2gib), /* last: leaves 3 GB of pinned staging */
+#endif
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

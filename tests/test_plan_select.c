@@ -80,6 +80,61 @@ static void test_plan_errors(void **st) {
   assert_int_equal(sr_plan_init(&p, &c, 4, 3), SR_ERR_SHAPE);
 }
 
+/* Geometries whose 32-bit indices would overflow are refused by the plan with one line that
+ * names seq_len, the block sizes and the heads; the largest that fit are accepted. The plan is
+ * arithmetic only, so these sizes cost nothing here. */
+static void expect_too_large(const sr_config *c, int P, const char *seq, const char *what) {
+  sr_plan p;
+  assert_int_equal(sr_plan_init(&p, c, P, 0), SR_ERR_SHAPE);
+  const char *m = sr_last_error();
+  fprintf(stderr, "# refused: %s\n", m);
+  char bq[32], bk[32], qh[32], kvh[32];
+  snprintf(bq, sizeof bq, "block_q %d", c->block_q);
+  snprintf(bk, sizeof bk, "block_k %d", c->block_k);
+  snprintf(qh, sizeof qh, "%d q-heads", c->q_heads);
+  snprintf(kvh, sizeof kvh, "%d kv-heads", c->kv_heads);
+  const char *want[] = {seq, bq, bk, qh, kvh, what, "use larger blocks"};
+  for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+    if (!strstr(m, want[i])) fail_msg("message lacks \"%s\": %s", want[i], m);
+  assert_null(strchr(m, '\n'));
+}
+
+static void test_plan_int32_limits(void **st) {
+  (void)st;
+  sr_plan p;
+  /* Slot numbers: 8 kv-heads x 2^28 one-token key blocks = 2^31 > INT32_MAX. */
+  sr_config c = base_config((int64_t)1 << 28, 16, 1, SR_SHARD_ZIGZAG);
+  c.q_heads = 8, c.kv_heads = 8, c.method = SR_METHOD_DENSE;
+  expect_too_large(&c, 1, "seq_len 268435456", "kv_heads x key blocks");
+  /* 32 tokens less: 8 x (2^28 - 32) slots fit (zigzag chunks stay whole 16-blocks). */
+  c.seq_len = ((int64_t)1 << 28) - 32;
+  assert_int_equal(sr_plan_init(&p, &c, 1, 0), SR_OK);
+  assert_int_equal(p.nkb_global, c.seq_len);
+  /* CSR rows: 32 q-heads x 2^26 q-blocks = 2^31; 32 x (2^26 - 2) = 2^31 - 64 fits. */
+  c = base_config((int64_t)1 << 30, 16, 16, SR_SHARD_ZIGZAG);
+  c.q_heads = 32, c.kv_heads = 8, c.method = SR_METHOD_DENSE;
+  expect_too_large(&c, 1, "seq_len 1073741824", "q_heads x q-blocks");
+  c.seq_len = ((int64_t)1 << 30) - 32;
+  assert_int_equal(sr_plan_init(&p, &c, 1, 0), SR_OK);
+  assert_int_equal((int64_t)p.q_heads * p.nqb_global, ((int64_t)1 << 31) - 64);
+  /* Also on many ranks (the bounds are global, not per rank), contiguous too. */
+  c.seq_len = (int64_t)1 << 30, c.shard = SR_SHARD_CONTIGUOUS;
+  expect_too_large(&c, 64, "seq_len 1073741824", "q_heads x q-blocks");
+  /* Block-Sparse summaries: 8 kv-heads x 2^22 local key blocks x 128 = 2^32 floats on one
+   * rank is refused (an MPI count), dense is not; on 4 ranks 2^30 per rank fits. */
+  c = base_config((int64_t)1 << 26, 16, 16, SR_SHARD_ZIGZAG);
+  c.q_heads = 32, c.kv_heads = 8, c.head_dim = 128, c.method = SR_METHOD_DENSE;
+  assert_int_equal(sr_plan_init(&p, &c, 1, 0), SR_OK);
+  c.method = SR_METHOD_BLOCK_SPARSE;
+  expect_too_large(&c, 1, "seq_len 67108864", "summary floats per rank");
+  assert_int_equal(sr_plan_init(&p, &c, 4, 1), SR_OK);
+  /* The largest config values (2^40 tokens, 1024 heads, 1-token blocks) neither overflow
+   * the check nor pass it. */
+  c = base_config((int64_t)1 << 40, 1, 1, SR_SHARD_ZIGZAG);
+  c.q_heads = 1024, c.kv_heads = 1024;
+  expect_too_large(&c, 1, "seq_len 1099511627776", "kv_heads x key blocks");
+}
+
 /* Paper Table 3 Block-Sparse top_chunks at 16K/32K/64K (16-token blocks) for budgets
  * 1/20, 1/15, 1/10, 1/7.5, 1/5, 1/3, 1/2 of n. */
 static void test_budget_table3(void **st) {
@@ -231,7 +286,7 @@ int main(void) {
       cmocka_unit_test(test_zigzag_ownership), cmocka_unit_test(test_plan_errors),
       cmocka_unit_test(test_budget_table3),    cmocka_unit_test(test_dense_selection),
       cmocka_unit_test(test_block_sparse_rules), cmocka_unit_test(test_budget_too_small),
-      cmocka_unit_test(test_block_pairs),
+      cmocka_unit_test(test_block_pairs),       cmocka_unit_test(test_plan_int32_limits),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
