@@ -31,19 +31,28 @@ sr_status sr_plan_init(sr_plan *p, const sr_config *cfg, int nranks, int rank) {
   p->shard = cfg->shard;
   p->chunks_per_rank = cfg->shard == SR_SHARD_ZIGZAG ? 2 : 1;
   p->nchunks = nranks * p->chunks_per_rank;
+  /* The unit seq_len must be a multiple of: nchunks chunks of whole q- and k-blocks. */
+  int64_t g = p->bq, r = p->bk;
+  while (r) {
+    int64_t t = g % r;
+    g = r;
+    r = t;
+  }
+  const int64_t unit = (int64_t)p->nchunks * (p->bq / g * (int64_t)p->bk);
   if (p->n % p->nchunks != 0)
     return sr__seterr(SR_ERR_SHAPE,
                       "seq_len %lld does not split into %d equal %s chunks for %d ranks "
-                      "(use a multiple of %d)",
-                      (long long)p->n, p->nchunks, sr_shard_name(p->shard), nranks, p->nchunks);
+                      "(use a multiple of %lld = %d x lcm(block_q, block_k))",
+                      (long long)p->n, p->nchunks, sr_shard_name(p->shard), nranks,
+                      (long long)unit, p->nchunks);
   p->chunk_tokens = p->n / p->nchunks;
   if (p->chunk_tokens % p->bq != 0 || p->chunk_tokens % p->bk != 0)
     return sr__seterr(SR_ERR_SHAPE,
                       "seq_len %lld on %d ranks gives %s chunks of %lld tokens, not a whole "
-                      "number of blocks (block_q %d, block_k %d); seq_len must be a multiple "
-                      "of %d x lcm(block_q, block_k)",
+                      "number of blocks (block_q %d, block_k %d); use a multiple of %lld = %d x "
+                      "lcm(block_q, block_k)",
                       (long long)p->n, nranks, sr_shard_name(p->shard),
-                      (long long)p->chunk_tokens, p->bq, p->bk, p->nchunks);
+                      (long long)p->chunk_tokens, p->bq, p->bk, (long long)unit, p->nchunks);
   p->n_local = p->chunk_tokens * p->chunks_per_rank;
   p->nqb_global = p->n / p->bq;
   p->nkb_global = p->n / p->bk;

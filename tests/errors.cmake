@@ -19,6 +19,8 @@ sr_error_test(bad_set_value EXIT 2 REGEX "seq_len" NP 2 ARGS --set seq_len=abc)
 sr_error_test(bad_option EXIT 2 REGEX "--bogus" NP 2 ARGS --bogus)
 sr_error_test(missing_config EXIT 4 REGEX "nonexistent.yaml" NP 2 ARGS -c nonexistent.yaml)
 sr_error_test(impossible_seq_len EXIT 3 REGEX "seq_len 1000" NP 4 ARGS ${SR_SMALL} --set seq_len=1000)
+# The hint names the real unit (2P chunks of whole blocks: 96 on 3 ranks with 16-token blocks), not 2P.
+sr_error_test(seq_len_hint EXIT 3 REGEX "use a multiple of 96 = 6 x lcm" NP 3 ARGS ${SR_SMALL} --set seq_len=1000)
 sr_error_test(impossible_rank_count EXIT 3 REGEX "3 ranks" NP 3 ARGS ${SR_SMALL} --set attention.block_q=64 --set attention.block_k=64)
 sr_error_test(kv_heads_divide EXIT 2 REGEX "kv_heads" NP 2 ARGS ${SR_SMALL} --set model.kv_heads=3)
 sr_error_test(missing_input EXIT 4 REGEX "missing.h5" NP 2
