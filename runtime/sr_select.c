@@ -1,5 +1,5 @@
 /*
- * sr_select.c — the prefill selection methods: dense and Block-Sparse (METHODS.md §2.3).
+ * sr_select.c — the prefill selection methods: dense and Block-Sparse (docs/METHODS.md §2.3).
  *
  * Block-Sparse, as the paper's code (minference/block.py) defines it, per q-head:
  *   qb[m] = mean of q rows in block m, kb[j] = mean of k rows in block j (no 1/sqrt(d));
