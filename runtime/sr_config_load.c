@@ -212,6 +212,8 @@ static sr_status syntax_error(const char *name, const yaml_parser_t *p) {
                     (unsigned long)p->problem_mark.line + 1, problem);
 }
 
+static const char *printable(char *buf, size_t n, const char *s);
+
 /* Where a prescan failure is reported: "file:line: " for the config text, "--set key: " for an
  * override's value. */
 typedef struct scan_where {
@@ -245,12 +247,8 @@ static sr_status prescan(sr__load *L, const scan_where *at, const char *text, si
         s = syntax_error(at->name, &p);
       } else {
         char sh[80];
-        size_t i, n = strlen(at->value);
-        for (i = 0; i < n && i < 60; i++)
-          sh[i] = (unsigned char)at->value[i] < 0x20 || at->value[i] == 0x7f ? '?' : at->value[i];
-        snprintf(sh + i, sizeof sh - i, "%s", i < n ? "..." : "");
-        s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", at->set_key, sh,
-                       p.problem ? p.problem : "syntax error");
+        s = sr__seterr(SR_ERR_CONFIG, "--set %s: '%s' is not a YAML value (%s)", at->set_key,
+                       printable(sh, sizeof sh, at->value), p.problem ? p.problem : "syntax error");
       }
       break;
     }
