@@ -1,7 +1,7 @@
 /*
  * sr_internal.h — helpers shared by every module of libsparsering (not installed).
  *
- * Error handling has two tiers (STYLE.md): library code returns sr_status and records a
+ * Error handling has two tiers: library code returns sr_status and records a
  * one-line message with sr__seterr(); only main() turns a failure into a collective exit.
  * SR_TRY propagates a failing status unchanged, so the first message set wins.
  */
