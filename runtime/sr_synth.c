@@ -114,6 +114,20 @@ typedef struct geom {
   int noise0;     /* first noise dim (= 2m + f); noise dims [noise0, d)      */
 } geom;
 
+/* The calibrated profile gives the locality more pairs (3d/8: its far-field jitter shrinks as
+ * 1/sqrt(pairs), which matters at 1M keys), the free directions d/8 and the noise the rest. */
+static geom make_geom_calibrated(int d) {
+  geom g;
+  g.d = d;
+  g.m = 3 * d / 8;
+  if (g.m < 1 && d >= 2) g.m = 1;
+  g.f = d / 8;
+  if (2 * g.m + g.f > d) g.f = d - 2 * g.m;
+  if (g.f < 0) g.f = 0;
+  g.noise0 = 2 * g.m + g.f;
+  return g;
+}
+
 static geom make_geom(int d) {
   geom g;
   g.d = d;
@@ -156,8 +170,8 @@ static const struct {
   bool heavies, needles, slashes, window; /* window: locality follows the key count */
 } TYPE_FIT[3] = {
     [SR_HEAD_SINK] = {14.0, 10.0, 0.0, 0.0, 0.7, false, false, false, true},
-    [SR_HEAD_LOCAL] = {11.5, 14.0, 10.0, 0.0, 0.8, true, false, true, true},
-    [SR_HEAD_RETRIEVAL] = {10.5, 8.0, 11.5, 14.0, 2.9, true, true, false, false},
+    [SR_HEAD_LOCAL] = {13.0, 16.0, 12.0, 0.0, 0.8, true, false, true, true},
+    [SR_HEAD_RETRIEVAL] = {10.5, 8.0, 11.5, 14.0, 2.5, true, true, false, false},
 };
 static const double DEF_SINK = 8.0, DEF_LOCALITY = 6.0, DEF_HEAVY = 6.0, DEF_NEEDLE = 14.0,
                     DEF_NOISE = 1.0;
@@ -276,9 +290,9 @@ int sr_synth_slashes(const sr_config *cfg, int layer, int kv_head, int64_t *out,
   sr_synth_head h;
   sr_synth_head_params(cfg, layer, kv_head, &h);
   int n = h.slashes < max ? h.slashes : max;
-  /* Offsets log-uniform in [32, 1024]: one per stratum of the log range, so they spread. */
+  /* Offsets log-uniform in [16, 256]: one per stratum of the log range, so they spread. */
   const uint64_t key = stream_key(cfg->seed, TAG_SLASH, layer, kv_head);
-  const double lo = log(32.0), hi = log(1024.0);
+  const double lo = log(16.0), hi = log(256.0);
   for (int s = 0; s < n; s++) {
     double u = (s + u01(stream_at(key, (uint64_t)s))) / (double)h.slashes;
     out[s] = (int64_t)llround(exp(lo + u * (hi - lo)));
@@ -715,39 +729,79 @@ static void rows_plain(const sr_config *cfg, int layer, char which, int head, in
 static inline double keys_log(int64_t pos) {
   return log((double)(pos + 1) / (double)SR_SYNTH_REF_KEYS);
 }
-/* A strength at a query row: S + ln(n / ref), at least 0; a strength of 0 stays 0. */
+/* The noise of a query row relative to `noise`: 1 - NOISE_SLOPE ln(n / ref), within
+ * [0.5, 1.5]. The top-f share of a heavy-tailed (log-normal) sample grows with the sample's
+ * size, as larger samples draw heavier extremes; this keeps the bulk's curve flat in N. */
+#define NOISE_SLOPE 0.012
+static inline double noise_scale(double lam) {
+  double s = 1.0 - NOISE_SLOPE * lam;
+  return s < 0.5 ? 0.5 : s > 1.5 ? 1.5 : s;
+}
+/* How much a strength grows at a query row: ln(n / ref), plus the change of the log of the
+ * bulk's mean weight exp(sigma^2 / 2) as the row's noise scales, so that a feature keeps its
+ * share of the row against the bulk at any key count. */
+static inline double growth(double lam, double noise) {
+  const double ns = noise_scale(lam);
+  return lam + 0.5 * noise * noise * (ns * ns - 1.0);
+}
+/* A strength at a query row: S + growth, at least 0; a strength of 0 stays 0. */
 static inline double eff(double s, double lam) {
   if (!(s > 0)) return 0.0;
   double v = s + lam;
   return v > 0 ? v : 0.0;
 }
 
-/* The locality profile of a query row against the key span [kpos, kpos + S), averaged over the
- * span: (1/S) sum_b P(i - kpos - b), P(D) = rho(D) + c sum_s rho(D - off_s), in closed form
- * (a geometric sum per RoPE pair: sum_b cos((D - b) th) = cos((D - (S-1)/2) th) F, with
- * F = sin(S th / 2) / sin(th / 2)). */
-static double span_profile(int64_t dist, int64_t S, const double *th, int m, double c,
-                           const int64_t *off, int nsl) {
+/* The locality logit of a query row with per-pair amplitudes w[p] (already scaled, see
+ * loc_weights) against the key span [kpos, kpos + S), averaged over the span:
+ *   (1/m) sum_p w_p F_p Re(exp(i (D - (S-1)/2) th_p) conj(g_p)),  D = pos - kpos,
+ * with g_p the key side's normalised complex gain and F_p = sin(S th_p / 2) / (S sin(th_p / 2))
+ * (the mean over the span of exp(-i b th), b = 0..S-1, is exp(-i (S-1) th / 2) F_p). */
+static double span_profile(int64_t dist, int64_t S, const double *th, const double *w,
+                           const double *gain, int m) {
   if (m <= 0) return 0.0;
   double r = 0;
   const double mid = 0.5 * (double)(S - 1);
   for (int p = 0; p < m; p++) {
+    if (w[p] == 0) continue;
     double f = 1.0;
     if (S > 1) {
       double a = sin(0.5 * (double)S * th[p]), b = sin(0.5 * th[p]);
       f = a / (b * (double)S);
     }
-    double v = cos(((double)dist - mid) * th[p]);
-    for (int s = 0; s < nsl; s++) v += c * cos(((double)(dist - off[s]) - mid) * th[p]);
-    r += v * f;
+    const double ph = ((double)dist - mid) * th[p];
+    r += w[p] * f * (gain[2 * p] * cos(ph) + gain[2 * p + 1] * sin(ph));
   }
   return r / m;
+}
+
+/* Per-pair locality amplitudes of a query row (in logit units): the base strength L on every
+ * pair, plus lam_w (the growth with the key count, heads whose window keeps its share) on the
+ * m_h = m/2 fastest pairs, times m / m_h, so that the diagonal gets L + lam_w while the far
+ * jitter that the growth adds stays lam_w / sqrt(2 m_h) (the slow pairs, whose cosines do not
+ * decay, are not scaled). Then scaled so that the diagonal's logit is exactly
+ * max(0, L + lam_w) with the key side's gains. */
+static void loc_weights(double L, double lam_w, const double *gain, int m, double *w) {
+  if (!(L > 0) || m <= 0) {
+    for (int p = 0; p < m; p++) w[p] = 0;
+    return;
+  }
+  const int mh = m / 2 > 0 ? m / 2 : 1;
+  double diag = 0;
+  for (int p = 0; p < m; p++) {
+    double v = L + (p < mh ? lam_w * (double)m / mh : 0.0);
+    w[p] = v > 0 ? v : 0.0;
+    diag += w[p] * gain[2 * p];
+  }
+  diag /= m;
+  const double want = L + lam_w > 0 ? L + lam_w : 0.0;
+  const double sc = diag > 0 ? want / diag : 0.0;
+  for (int p = 0; p < m; p++) w[p] *= sc;
 }
 
 static void rows_calibrated(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
                             int64_t count, float *out) {
   const int d = cfg->head_dim;
-  const geom g = make_geom(d);
+  const geom g = make_geom_calibrated(d);
   const size_t rowlen = (size_t)d;
   const bool isq = which == 'q';
   const int group = cfg->kv_heads > 0 && cfg->q_heads >= cfg->kv_heads
@@ -756,6 +810,10 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
   sr_synth_head hp;
   sr_synth_head_params(cfg, layer, kvh, &hp);
   const int64_t end = pos0 + count;
+  if (g.m > 64) { /* head_dim > 256: beyond the schema's bound */
+    sr__poison_f32(out, (size_t)count * rowlen);
+    return;
+  }
 
   /* Noise: entries of size sigma give a logit of standard deviation `noise`; a share of the
    * variance is common to the positions of a cluster [c G, (c + 1) G). */
@@ -770,21 +828,21 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
   /* Locality: unit key amplitude a_k per pair (logit = amplitude ratio x profile); the query
    * carries L_eff(pos) a_k. Slash lines: the key side multiplies pair p by the complex gain
    * M_p = 1 + c sum_s exp(i off_s th_p), c = slash / locality. */
-  double *th = NULL, *ph = NULL, *gain = NULL;
+  double *th = NULL, *ph = NULL, *gain = NULL, *wtmp = NULL;
   int64_t off[64];
   const int nsl = hp.slashes > 0 ? sr_synth_slashes(cfg, layer, kvh, off, 64) : 0;
   const double csl = nsl > 0 && hp.locality > 0 ? hp.slash / hp.locality : 0.0;
   const double a_k = g.m > 0 ? sqrt(sqrt((double)d) / g.m) : 0.0;
   const double U = pow((double)d, 0.25); /* unit amplitude of a free direction */
-  double csl_norm = 1.0;                  /* 1 / P(0) */
   if (g.m > 0) {
-    th = malloc(4 * (size_t)g.m * sizeof *th);
+    th = malloc(5 * (size_t)g.m * sizeof *th);
     if (!th) {
       sr__poison_f32(out, (size_t)count * rowlen);
       return;
     }
     ph = th + g.m;
     gain = th + 2 * g.m; /* [m][2] */
+    wtmp = th + 4 * g.m; /* [m] per-pair amplitudes of one needle row */
     const double base = cfg->synth.rope_base > 1.0f ? (double)cfg->synth.rope_base : 1.0;
     const uint64_t pkey = stream_key(cfg->seed, TAG_PHASE, layer, kvh);
     for (int p = 0; p < g.m; p++) {
@@ -802,10 +860,8 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
     double p0 = 0;
     for (int p = 0; p < g.m; p++) p0 += gain[2 * p];
     p0 /= g.m;
-    if (p0 > 0 && nsl > 0) {
+    if (p0 > 0 && nsl > 0)
       for (int p = 0; p < 2 * g.m; p++) gain[p] /= p0;
-      csl_norm = 1.0 / p0;
-    }
   }
 
   /* Shared directions: 0 sink, 1 heavy, 2 + t needle t (as in the plain profile). */
@@ -876,9 +932,11 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
       const int64_t pos = pos0 + r;
       const int lo = (int)(pos & (LO_SIZE - 1));
       float *o = out + r * rowlen;
-      const double lam = keys_log(pos);
-      const double aq = isq ? eff(hp.locality, hp.window * lam) * a_k : 1.0;
+      const double lam = keys_log(pos), gr = growth(lam, hp.noise);
+      double wq[64];
+      if (isq) loc_weights(hp.locality, hp.window * gr, gain, g.m, wq);
       for (int p = 0; p < g.m; p++) {
+        const double aq = isq ? wq[p] * a_k : 1.0;
         double cb, sb;
         if (lo_tab) {
           cb = lo_tab[((size_t)lo * g.m + p) * 2];
@@ -891,21 +949,23 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
         o[2 * p + 1] = (float)(aq * (hr[2 * p + 1] * cb + hr[2 * p] * sb));
       }
       if (isq) {
-        const double cs = has_sink ? eff(hp.sink, lam) * U : 0.0;
-        const double ch = has_heavy ? eff(hp.heavy, lam) * U : 0.0;
+        const double cs = has_sink ? eff(hp.sink, gr) * U : 0.0;
+        const double ch = has_heavy ? eff(hp.heavy, gr) * U : 0.0;
         for (int x = 0; x < g.f; x++) o[2 * g.m + x] = (float)(cs * sdir[x] + ch * hdir[x]);
       } else {
         for (int x = 0; x < g.f; x++) o[2 * g.m + x] = 0.0f;
       }
       if (nd > 0) {
         const uint64_t rk = mix64(nkey ^ (uint64_t)pos);
+        const double sq = isq ? noise_scale(lam) : 1.0; /* the row's noise, on the q side */
         if (a_cl > 0) {
           const uint64_t ck = mix64(ckey ^ (uint64_t)(pos / G));
           for (int x = g.noise0; x < d; x++)
-            o[x] = (float)(a_tok * gauss(stream_at(rk, (uint64_t)x)) +
-                           a_cl * gauss(stream_at(ck, (uint64_t)x)));
+            o[x] = (float)(sq * (a_tok * gauss(stream_at(rk, (uint64_t)x)) +
+                                 a_cl * gauss(stream_at(ck, (uint64_t)x))));
         } else {
-          for (int x = g.noise0; x < d; x++) o[x] = (float)(a_tok * gauss(stream_at(rk, (uint64_t)x)));
+          for (int x = g.noise0; x < d; x++)
+            o[x] = (float)(sq * a_tok * gauss(stream_at(rk, (uint64_t)x)));
         }
       }
     }
@@ -950,10 +1010,10 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
             if (isq) {
               /* tau(i) = S_n,eff - L_eff * (the row's mean locality profile over the key
                * span): the row's mean logit over its key span is exactly S_n,eff. */
-              const double lam = keys_log(pos);
-              const double pbar =
-                  csl_norm * span_profile(pos - nv[t].kpos, S, th, g.m, csl, off, nsl);
-              a = (eff(hp.needle, lam) - eff(hp.locality, hp.window * lam) * pbar) * U;
+              const double gr = growth(keys_log(pos), hp.noise);
+              loc_weights(hp.locality, hp.window * gr, gain, g.m, wtmp);
+              const double pbar = span_profile(pos - nv[t].kpos, S, th, wtmp, gain, g.m);
+              a = (eff(hp.needle, gr) - pbar) * U;
             }
             add_dir(&D, 2 + t, a, &g, out + (pos - pos0) * rowlen, tmp);
           }
