@@ -108,8 +108,8 @@ double sr_inspect_mean(const sr_inspect_curve *c, int type, int ki, int64_t *row
  * (our model of their shape; with streaming heads at ~0.99 it puts the default mix on the
  * published points below). */
 static const double GOAL_K[6] = {0.001, 0.005, 0.01, 0.03125, 0.05, 0.1};
-static const double RETRIEVAL[6] = {0.80, 0.87, 0.90, 0.942, 0.958, 0.976};
-static const double RETRIEVAL_TOL[6] = {0.08, 0.05, 0.03, 0.015, 0.015, 0.01};
+static const double RETRIEVAL[6] = {0.70, 0.84, 0.88, 0.940, 0.959, 0.980};
+static const double RETRIEVAL_TOL[6] = {0.10, 0.04, 0.03, 0.015, 0.015, 0.01};
 
 static int goal_index(double f) {
   for (int i = 0; i < 6; i++)

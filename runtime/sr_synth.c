@@ -169,9 +169,9 @@ static const struct {
   double sink, locality, heavy, needle, noise;
   bool heavies, needles, slashes, window; /* window: locality follows the key count */
 } TYPE_FIT[3] = {
-    [SR_HEAD_SINK] = {14.0, 10.0, 0.0, 0.0, 0.7, false, false, false, true},
-    [SR_HEAD_LOCAL] = {13.0, 16.0, 12.0, 0.0, 0.8, true, false, true, true},
-    [SR_HEAD_RETRIEVAL] = {10.5, 8.0, 11.5, 14.0, 2.5, true, true, false, false},
+    [SR_HEAD_SINK] = {13.75, 10.0, 0.0, 0.0, 0.7, false, false, false, true},
+    [SR_HEAD_LOCAL] = {12.7, 16.0, 11.7, 0.0, 0.8, true, false, true, true},
+    [SR_HEAD_RETRIEVAL] = {8.0, 8.0, 8.5, 11.0, 2.9, true, true, false, false},
 };
 static const double DEF_SINK = 8.0, DEF_LOCALITY = 6.0, DEF_HEAVY = 6.0, DEF_NEEDLE = 14.0,
                     DEF_NOISE = 1.0;
@@ -499,6 +499,14 @@ static void clear_locality(const geom *g, float *row) {
   for (int x = 0; x < 2 * g->m; x++) row[x] = 0.0f;
 }
 
+/* Calibrated profile: sink and heavy keys carry neither locality nor noise, so that their
+ * logit is exactly their strength from every query row (a sink's weight does not flicker from
+ * row to row with the noise). */
+static void clear_feature_key(const geom *g, float *row) {
+  for (int x = 0; x < 2 * g->m; x++) row[x] = 0.0f;
+  for (int x = g->noise0; x < g->d; x++) row[x] = 0.0f;
+}
+
 /* Fills the noise dims [from, d) of one row with amplitude `a` from stream `key`. */
 static inline void noise_row(uint64_t key, int64_t pos, int from, int d, double a, float *o) {
   uint64_t rk = mix64(key ^ (uint64_t)pos);
@@ -732,17 +740,18 @@ static inline double keys_log(int64_t pos) {
 /* The noise of a query row relative to `noise`: 1 - NOISE_SLOPE ln(n / ref), within
  * [0.5, 1.5]. The top-f share of a heavy-tailed (log-normal) sample grows with the sample's
  * size, as larger samples draw heavier extremes; this keeps the bulk's curve flat in N. */
-#define NOISE_SLOPE 0.012
+#define NOISE_SLOPE 0.005
 static inline double noise_scale(double lam) {
   double s = 1.0 - NOISE_SLOPE * lam;
   return s < 0.5 ? 0.5 : s > 1.5 ? 1.5 : s;
 }
-/* How much a strength grows at a query row: ln(n / ref), plus the change of the log of the
- * bulk's mean weight exp(sigma^2 / 2) as the row's noise scales, so that a feature keeps its
- * share of the row against the bulk at any key count. */
+/* How much a strength grows at a query row: ln(n / ref) plus the log of the bulk's mean weight
+ * exp(sigma_row^2 / 2), sigma_row = noise x noise_scale: a feature of strength S then weighs
+ * exp(S) n / ref times an average ordinary key of the row, i.e. it keeps its share of the row
+ * at any key count and any noise. */
 static inline double growth(double lam, double noise) {
-  const double ns = noise_scale(lam);
-  return lam + 0.5 * noise * noise * (ns * ns - 1.0);
+  const double sr = noise * noise_scale(lam);
+  return lam + 0.5 * sr * sr;
 }
 /* A strength at a query row: S + growth, at least 0; a strength of 0 stays 0. */
 static inline double eff(double s, double lam) {
@@ -967,6 +976,16 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
           for (int x = g.noise0; x < d; x++)
             o[x] = (float)(sq * a_tok * gauss(stream_at(rk, (uint64_t)x)));
         }
+        if (isq) {
+          /* A query's noise vector has the norm its entries have on average, so that its
+           * logits against the keys' noise are a Gaussian of standard deviation exactly
+           * noise x sq for every row (the keys' entries are Gaussian). */
+          double n2 = 0;
+          for (int x = g.noise0; x < d; x++) n2 += (double)o[x] * (double)o[x];
+          const double want = sq * sigma * sqrt((double)nd);
+          const double f = n2 > 0 ? want / sqrt(n2) : 0.0;
+          for (int x = g.noise0; x < d; x++) o[x] = (float)(f * (double)o[x]);
+        }
       }
     }
   }
@@ -978,7 +997,7 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
     if (!isq) {
       int64_t s1 = (int64_t)hp.sink_tokens < end ? (int64_t)hp.sink_tokens : end;
       for (int64_t j = pos0 > 0 ? pos0 : 0; j < s1 && has_sink; j++) {
-        clear_locality(&g, out + (j - pos0) * rowlen);
+        clear_feature_key(&g, out + (j - pos0) * rowlen);
         add_dir(&D, 0, U, &g, out + (j - pos0) * rowlen, tmp);
       }
       if (has_heavy) {
@@ -987,7 +1006,7 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
           int nh = sr_synth_heavy(cfg, layer, kvh, hv, hp.heavy_hitters);
           for (int t = 0; t < nh; t++)
             if (hv[t] >= pos0 && hv[t] < end) {
-              clear_locality(&g, out + (hv[t] - pos0) * rowlen);
+              clear_feature_key(&g, out + (hv[t] - pos0) * rowlen);
               add_dir(&D, 1, U, &g, out + (hv[t] - pos0) * rowlen, tmp);
             }
           free(hv);
