@@ -115,13 +115,18 @@ typedef struct geom {
 } geom;
 
 /* The calibrated profile gives the locality more pairs (3d/8: its far-field jitter shrinks as
- * 1/sqrt(pairs), which matters at 1M keys), the free directions d/8 and the noise the rest. */
-static geom make_geom_calibrated(int d) {
+ * 1/sqrt(pairs), which matters at 1M keys), the free directions d/8 (but room for the sink,
+ * the heavy hitters and every needle where d/4 allows: d = 32 with 4 needles gets 6) and the
+ * noise at least d/8. For d = 64 and 128: 24 + 8 + 8 and 48 + 16 + 16 pairs / dims / dims. */
+static geom make_geom_calibrated(int d, int64_t needles) {
   geom g;
   g.d = d;
+  int64_t want = 2 + (needles > 0 ? needles : 0);
+  if (want > d / 4) want = d / 4;
+  g.f = d / 8 > want ? d / 8 : (int)want;
   g.m = 3 * d / 8;
+  if (2 * g.m > d - g.f - d / 8) g.m = (d - g.f - d / 8) / 2;
   if (g.m < 1 && d >= 2) g.m = 1;
-  g.f = d / 8;
   if (2 * g.m + g.f > d) g.f = d - 2 * g.m;
   if (g.f < 0) g.f = 0;
   g.noise0 = 2 * g.m + g.f;
@@ -810,7 +815,7 @@ static void loc_weights(double L, double lam_w, const double *gain, int m, doubl
 static void rows_calibrated(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
                             int64_t count, float *out) {
   const int d = cfg->head_dim;
-  const geom g = make_geom_calibrated(d);
+  const geom g = make_geom_calibrated(d, (int64_t)cfg->synth.needles);
   const size_t rowlen = (size_t)d;
   const bool isq = which == 'q';
   const int group = cfg->kv_heads > 0 && cfg->q_heads >= cfg->kv_heads

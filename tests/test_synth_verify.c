@@ -10,6 +10,11 @@
  *
  * Needles span needle_span tokens on each side (default 16); span 1 (single-token needles)
  * must give bit for bit the rows of the generator before spans existed (golden hashes).
+ *
+ * Configs are built here zeroed, which is the plain profile (input.synthetic.profile 0): every
+ * structure test below is of the plain generator, whose rows the calibrated profile leaves
+ * unchanged. The verifier tests also run on the calibrated profile (test_verify_exact,
+ * test_verify_rank_count); the calibrated generator itself is tested in test_synth_calib.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -871,15 +876,35 @@ static void small_cfg(sr_config *c) {
   c->verify_rows = 24;
 }
 
+/* The calibrated profile with the schema's defaults for its keys (docs/SYNTHETIC.md). */
+static void calibrate(sr_config *c) {
+  sr_config d;
+  sr_config_defaults(&d);
+  c->synth.profile = SR_SYNTH_CALIBRATED;
+  c->synth.sink_heads = d.synth.sink_heads;
+  c->synth.local_heads = d.synth.local_heads;
+  c->synth.slashes = d.synth.slashes;
+  c->synth.slash_strength = d.synth.slash_strength;
+  c->synth.cluster_tokens = d.synth.cluster_tokens;
+  c->synth.cluster_share = d.synth.cluster_share;
+}
+
 static void test_verify_exact(void **state) {
   (void)state;
   sr_config c;
   truth t;
   sr_quality q;
   sr_quality_summary s;
-  for (int sp = 0; sp < 2; sp++) {
+  /* sp 0: single-token needles, 1: span 16, 2: span 16 on the calibrated profile (needles only
+   * in retrieval heads). */
+  for (int sp = 0; sp < 3; sp++) {
     small_cfg(&c);
     c.synth.needle_span = sp ? 16 : 1;
+    if (sp == 2) calibrate(&c);
+    int retrieval_kv = 0;
+    for (int g = 0; g < c.kv_heads; g++)
+      retrieval_kv += sp < 2 || sr_synth_head_type(&c, 0, g) == SR_HEAD_RETRIEVAL;
+    assert_true(retrieval_kv >= 1);
     const int64_t S = sr_synth_needle_span(&c);
     assert_true(S == (sp ? 16 : 1));
     truth_build(&c, &t);
@@ -896,6 +921,7 @@ static void test_verify_exact(void **state) {
       for (int64_t i = 1; i < np; i++) assert_true(pos[i] > pos[i - 1]);
       sr_needle nd[4];
       int nn = sr_synth_needles(&c, 0, h / 2, nd, 4);
+      assert_int_equal(nn, sp < 2 || sr_synth_head_type(&c, 0, h / 2) == SR_HEAD_RETRIEVAL ? 4 : 0);
       for (int u = 0; u < nn; u++)
         for (int64_t i = nd[u].qpos; i < nd[u].qpos + S; i++) {
           bool found = false;
@@ -908,17 +934,17 @@ static void test_verify_exact(void **state) {
     }
     assert_int_equal(s.rows, want_rows);
     fprintf(stderr,
-            "# exact, span %lld: rel err %.2e, lse err %.2e, recall %.12f, needles "
+            "# exact, span %lld%s: rel err %.2e, lse err %.2e, recall %.12f, needles "
             "%lld/%lld, needle mass %.3f\n",
-            (long long)S, s.rel_err, s.lse_maxerr, s.recall, (long long)s.needle_hits,
-            (long long)s.needles, s.needle_mass);
+            (long long)S, sp == 2 ? " (calibrated)" : "", s.rel_err, s.lse_maxerr, s.recall,
+            (long long)s.needle_hits, (long long)s.needles, s.needle_mass);
     assert_true(s.rel_err < 1e-6);
     assert_true(s.lse_maxerr < 1e-5);
     assert_true(fabs(s.recall - 1.0) < 1e-12);
-    /* 4 needles x span rows x 2 q-heads per group x 2 groups */
-    assert_int_equal(s.needles, 4 * S * 2 * 2);
+    /* 4 needles x span rows x 2 q-heads per group x the groups with needles */
+    assert_int_equal(s.needles, 4 * S * 2 * retrieval_kv);
     assert_int_equal(s.needle_hits, s.needles);
-    assert_true(s.needle_mass > (sp ? 0.9 : 0.3));
+    assert_true(s.needle_mass > (sp == 2 ? 0.5 : sp ? 0.9 : 0.3));
     /* Each kv-head's keys were generated once (plus each needle's key span once per batch),
      * never per head. */
     for (int kvh = 0; kvh < 2; kvh++) assert_true(cc.krows[kvh] <= c.seq_len + 4 * S);
@@ -1081,20 +1107,18 @@ static void test_verify_recall_and_needles(void **state) {
 }
 
 /* The sums do not depend on the rank count (same rows checked, same numbers). */
-static void test_verify_rank_count(void **state) {
-  (void)state;
-  sr_config c;
-  small_cfg(&c);
+static void rank_count_check(sr_config *c) {
   truth t;
-  truth_build(&c, &t);
+  truth_build(c, &t);
   sr_quality q1;
-  verify_sim(&c, &t, 1, rule_partial, 1e-3, &q1, NULL);
+  c->shard = SR_SHARD_ZIGZAG;
+  verify_sim(c, &t, 1, rule_partial, 1e-3, &q1, NULL);
   for (int np = 2; np <= 8; np *= 2) {
     for (int sh = 0; sh < 2; sh++) {
-      c.shard = sh ? SR_SHARD_CONTIGUOUS : SR_SHARD_ZIGZAG;
+      c->shard = sh ? SR_SHARD_CONTIGUOUS : SR_SHARD_ZIGZAG;
       sr_quality qn;
-      verify_sim(&c, &t, np, rule_partial, 1e-3, &qn, NULL);
-      for (int h = 0; h < c.q_heads; h++) {
+      verify_sim(c, &t, np, rule_partial, 1e-3, &qn, NULL);
+      for (int h = 0; h < c->q_heads; h++) {
         assert_int_equal(qn.rows[h], q1.rows[h]);
         assert_int_equal(qn.needles[h], q1.needles[h]);
         assert_int_equal(qn.needle_hits[h], q1.needle_hits[h]);
@@ -1108,8 +1132,8 @@ static void test_verify_rank_count(void **state) {
   sr_quality_free(&q1);
 
   /* MPI reduction (singleton world): sums unchanged, callable collectively. */
-  c.shard = SR_SHARD_ZIGZAG;
-  verify_sim(&c, &t, 1, rule_partial, 1e-3, &q1, NULL);
+  c->shard = SR_SHARD_ZIGZAG;
+  verify_sim(c, &t, 1, rule_partial, 1e-3, &q1, NULL);
   sr_quality_summary a, b;
   sr_quality_summarize(&q1, &a);
   assert_int_equal(sr_quality_reduce(&q1, MPI_COMM_WORLD), SR_OK);
@@ -1118,6 +1142,16 @@ static void test_verify_rank_count(void **state) {
   assert_true(a.rel_err == b.rel_err && a.recall == b.recall && a.lse_maxerr == b.lse_maxerr);
   sr_quality_free(&q1);
   truth_free(&t);
+}
+
+static void test_verify_rank_count(void **state) {
+  (void)state;
+  sr_config c;
+  small_cfg(&c);
+  rank_count_check(&c);
+  small_cfg(&c);
+  calibrate(&c);
+  rank_count_check(&c);
 }
 
 int main(int argc, char **argv) {
