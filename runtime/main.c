@@ -21,6 +21,7 @@
 #include "sr_comm.h"
 #include "sr_config.h"
 #include "sr_h5.h"
+#include "sr_inspect.h"
 #include "sr_internal.h"
 #include "sr_run.h"
 
@@ -35,6 +36,7 @@
 static void usage(FILE *f) {
   fprintf(f,
           "Usage: mpirun -np P sparsering [run|config] [options]\n"
+          "       mpirun -np P sparsering inspect [options]   (sparsering inspect --help)\n"
           "\n"
           "Sharded sparse attention over long contexts (The Sparse Frontier methods), with\n"
           "only the selected KV blocks exchanged between ranks.\n"
@@ -42,6 +44,8 @@ static void usage(FILE *f) {
           "Commands:\n"
           "  run       run the configured attention (default)\n"
           "  config    print the effective config (YAML) and exit\n"
+          "  inspect   how concentrated the input's attention is: the mass of each row's top-k\n"
+          "            keys, per head, exact in float64 (synthetic or HDF5 input)\n"
           "\n"
           "Options:\n"
           "  -c, --config FILE     YAML config (default: the embedded demo, configs/demo.yaml)\n"
@@ -59,8 +63,10 @@ static void usage(FILE *f) {
           "\n"
           "Exit codes: 0 ok, 2 usage or config error (also: a resume refused because the\n"
           "config, input, rank count or backend changed), 3 shape error (seq_len, ranks, input\n"
-          "shapes), 4 I/O error (also: a damaged checkpoint), 5 output or checkpoint exists,\n"
-          "75 stopped by SIGTERM/SIGUSR1 with the checkpoint written (requeue and --resume),\n"
+          "shapes), 4 I/O error (also: a damaged checkpoint, an input changed while read, NaN\n"
+          "or Inf in q, k, v), 5 output or checkpoint exists, 6 the result failed its own\n"
+          "verification (verify.max_relerr), 75 stopped by SIGTERM/SIGUSR1 with the\n"
+          "checkpoint written (requeue and --resume),\n"
           "1 other failure.\n"
           "Keys, types and defaults: docs/CONFIG.md. Output schema: docs/HDF5.md.\n");
 }
@@ -77,6 +83,8 @@ int main(int argc, char **argv) {
   /* SIGTERM / SIGUSR1 only set a flag from the first instant: a job script may signal while
    * MPI_Init is still starting up (seconds on a busy node), and the default action would kill
    * the rank. A run that was signalled before its first layer stops at once with exit 75. */
+  /* `inspect` has its own options and runs its own MPI life cycle. */
+  if (argc > 1 && strcmp(argv[1], "inspect") == 0) return sr_inspect_main(argc - 1, argv + 1);
   sr_ckpt_signals_install();
   MPI_Init(&argc, &argv);
   int rank = 0;
@@ -129,7 +137,7 @@ int main(int argc, char **argv) {
   if (st == SR_OK && optind < argc) {
     command = argv[optind++];
     if (strcmp(command, "run") != 0 && strcmp(command, "config") != 0)
-      st = sr__seterr(SR_ERR_USAGE, "unknown command '%s' (expected run or config)", command);
+      st = sr__seterr(SR_ERR_USAGE, "unknown command '%s' (expected run, config or inspect first)", command);
     else if (optind < argc)
       st = sr__seterr(SR_ERR_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
   }
