@@ -3,7 +3,8 @@
 # on one GPU and verifies each against the float64 reference (dense: the run fails with exit 6
 # when a head's relative error passes the bf16 tolerance, verify.max_relerr).
 #   cases: d512k32 (512K tokens x 32 q-heads dense: 2^24 query rows, a 2.1 GB block list),
-#          d1m32 (1M x 32 dense), d512k64 (512K x 64 dense), bs1m32, bs512k64 (Block-Sparse 0.9)
+#          d1m32 (1M x 32 dense), d512k64 (512K x 64 dense), bs128k32, bs1m32, bs512k64
+#          (Block-Sparse at sparsity 0.9)
 # Prints one line per case (exit code, relative error, lse error, attention time) and writes
 # OUTDIR/<case>.json. Needs a GPU with ~60 GB of memory and ~80 GB of host memory for 1M x 32.
 set -u
@@ -23,6 +24,8 @@ for c in $cases; do
     d512k64) a=(--set model.q_heads=64 --set seq_len=524288 --set attention.method=dense) ;;
     bs1m32) a=(--set model.q_heads=32 --set seq_len=1048576 --set attention.method=block_sparse
                --set attention.sparsity=0.9) ;;
+    bs128k32) a=(--set model.q_heads=32 --set seq_len=131072 --set attention.method=block_sparse
+                 --set attention.sparsity=0.9) ;;
     bs512k64) a=(--set model.q_heads=64 --set seq_len=524288 --set attention.method=block_sparse
                  --set attention.sparsity=0.9) ;;
     *) echo "unknown case $c"; continue ;;
