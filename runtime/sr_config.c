@@ -122,7 +122,7 @@ const sr__key sr__keys[] = {
     {SYNTH_U("slashes", slashes), .def = 4, RANGE(0, 64),
      .doc = "calibrated: slash lines (fixed query-key offsets) per local kv-head"},
     {SYNTH_F("slash_strength", slash_strength), .def = 6.0, RANGE(0, SR__MAX_STRENGTH),
-     .doc = "calibrated: logit of the centre of a slash line"},
+     .doc = "calibrated: strength of a slash line; its centre is slash_strength / locality of the diagonal"},
     {SYNTH_U("cluster_tokens", cluster_tokens), .def = 32, RANGE(1, 1048576),
      .doc = "calibrated: tokens per content cluster of the noise; 1 = no clusters"},
     {SYNTH_F("cluster_share", cluster_share), .def = 0.5, RANGE(0, 1),
