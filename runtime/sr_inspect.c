@@ -763,8 +763,11 @@ int sr_inspect_main(int argc, char **argv) {
         ex[2] = cur.above[h] / r;
         print_line(f, a, b, type_label(cur.type[h]), cur.rows[h], v, cur.nk, ex, 3);
       }
-    fprintf(f, "# per head type (mean over rows); target: the calibration goals of docs/SYNTHETIC.md\n"
-               "# (>x at least, <x at most, x +- tol in the tol row; '-' none at this N)\n");
+    if (syn)
+      fprintf(f, "# per head type (mean over rows); target: the calibration goals of docs/SYNTHETIC.md\n"
+                 "# (>x at least, <x at most, x +- tol in the tol row; '-' none at this N)\n");
+    else
+      fprintf(f, "# over all heads (mean over rows)\n");
     const int64_t min_keys = (int64_t)floor(o.from * (double)cfg.seq_len) + 1;
     int met = 0, goals = 0;
     for (int t = -1; t < SR_HEAD_TYPES; t++) {
