@@ -156,9 +156,14 @@ foreach(be cpu cuda)
                       --set backend=${be} --set attention.method=dense
                       -o ${SR_GPU_DIR}/dense_${be}_np1.h5 -j ${SR_GPU_DIR}/dense_${be}_np1.json)
 endforeach()
+# CPU (fp32 inputs) against CUDA (bf16 inputs): the difference is mostly the bf16 rounding of
+# q and k, a logit error of about |logit| x 2^-9 that grows with the input's logit range (the
+# calibrated synthetic input reaches logits of ~20: lse differences of 0.054 were measured on an
+# H200, out 7.3e-3). The computation itself is held to 1e-2 against the exact reference of the
+# stored inputs by gpu_dense_cuda_exact.
 sr_gpu_test(gpu_dense_cpu_vs_cuda GPUS 1 REQUIRES "gpu_dense_cpu_np1;gpu_dense_cuda_np1"
             COMMAND $<TARGET_FILE:h5cmp> ${SR_GPU_DIR}/dense_cpu_np1.h5
-                    ${SR_GPU_DIR}/dense_cuda_np1.h5 2 1e-2 5e-2)
+                    ${SR_GPU_DIR}/dense_cuda_np1.h5 2 2e-2 1e-1)
 sr_gpu_test(gpu_dense_cuda_exact GPUS 1 REQUIRES gpu_dense_cuda_np1
             COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/check_json.sh ${SR_GPU_DIR}/dense_cuda_np1.json
                     relerr_max 1e-2)
