@@ -518,6 +518,29 @@ static inline void noise_row(uint64_t key, int64_t pos, int from, int d, double 
   for (int x = from; x < d; x++) o[x] = (float)(a * gauss(stream_at(rk, (uint64_t)x)));
 }
 
+
+/* The rotation tables of one call: hi_rot holds a rotation per run of 2^LO_BITS positions, and
+ * lo_tab (calls of at least LO_SIZE rows) the rotations by lo theta. False, nothing held, when
+ * memory is short. */
+static bool rot_alloc(int64_t nruns, int64_t count, int m, double **hi_rot, double **lo_tab) {
+  *hi_rot = malloc((size_t)nruns * 2 * (size_t)m * sizeof **hi_rot);
+  *lo_tab = count >= LO_SIZE ? malloc((size_t)LO_SIZE * 2 * (size_t)m * sizeof **lo_tab) : NULL;
+  if (*hi_rot && (count < LO_SIZE || *lo_tab)) return true;
+  free(*hi_rot);
+  free(*lo_tab);
+  *hi_rot = *lo_tab = NULL;
+  return false;
+}
+
+static void fill_lo_table(double *lo_tab, const double *th, int m) {
+#pragma omp parallel for schedule(static)
+  for (int lo = 0; lo < LO_SIZE; lo++)
+    for (int p = 0; p < m; p++) {
+      lo_tab[((size_t)lo * m + p) * 2] = cos((double)lo * th[p]);
+      lo_tab[((size_t)lo * m + p) * 2 + 1] = sin((double)lo * th[p]);
+    }
+}
+
 /* The plain profile (and v of both profiles). */
 static void rows_plain(const sr_config *cfg, int layer, char which, int head, int64_t pos0,
                        int64_t count, float *out) {
@@ -606,11 +629,7 @@ static void rows_plain(const sr_config *cfg, int layer, char which, int head, in
   const int64_t nruns = ((end - 1) >> LO_BITS) - (pos0 >> LO_BITS) + 1;
   double *lo_tab = NULL, *hi_rot = NULL;
   if (g.m > 0) {
-    hi_rot = malloc((size_t)nruns * 2 * g.m * sizeof *hi_rot);
-    if (count >= LO_SIZE) lo_tab = malloc((size_t)LO_SIZE * 2 * g.m * sizeof *lo_tab);
-    if (!hi_rot || (count >= LO_SIZE && !lo_tab)) {
-      free(hi_rot);
-      free(lo_tab);
+    if (!rot_alloc(nruns, count, g.m, &hi_rot, &lo_tab)) {
       free(D.basis);
       free(tmp);
       free(heap);
@@ -618,14 +637,7 @@ static void rows_plain(const sr_config *cfg, int layer, char which, int head, in
       return;
     }
   }
-  if (lo_tab) {
-#pragma omp parallel for schedule(static)
-    for (int lo = 0; lo < LO_SIZE; lo++)
-      for (int p = 0; p < g.m; p++) {
-        lo_tab[((size_t)lo * g.m + p) * 2] = cos((double)lo * th[p]);
-        lo_tab[((size_t)lo * g.m + p) * 2 + 1] = sin((double)lo * th[p]);
-      }
-  }
+  if (lo_tab) fill_lo_table(lo_tab, th, g.m);
 
 #pragma omp parallel for schedule(dynamic, 1) if (count >= LO_SIZE)
   for (int64_t run = 0; run < nruns; run++) {
@@ -902,11 +914,7 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
   const int64_t nruns = ((end - 1) >> LO_BITS) - (pos0 >> LO_BITS) + 1;
   double *lo_tab = NULL, *hi_rot = NULL;
   if (g.m > 0) {
-    hi_rot = malloc((size_t)nruns * 2 * g.m * sizeof *hi_rot);
-    if (count >= LO_SIZE) lo_tab = malloc((size_t)LO_SIZE * 2 * g.m * sizeof *lo_tab);
-    if (!hi_rot || (count >= LO_SIZE && !lo_tab)) {
-      free(hi_rot);
-      free(lo_tab);
+    if (!rot_alloc(nruns, count, g.m, &hi_rot, &lo_tab)) {
       free(D.basis);
       free(sdir);
       free(th);
@@ -914,14 +922,7 @@ static void rows_calibrated(const sr_config *cfg, int layer, char which, int hea
       return;
     }
   }
-  if (lo_tab) {
-#pragma omp parallel for schedule(static)
-    for (int lo = 0; lo < LO_SIZE; lo++)
-      for (int p = 0; p < g.m; p++) {
-        lo_tab[((size_t)lo * g.m + p) * 2] = cos((double)lo * th[p]);
-        lo_tab[((size_t)lo * g.m + p) * 2 + 1] = sin((double)lo * th[p]);
-      }
-  }
+  if (lo_tab) fill_lo_table(lo_tab, th, g.m);
 
 #pragma omp parallel for schedule(dynamic, 1) if (count >= LO_SIZE)
   for (int64_t run = 0; run < nruns; run++) {
