@@ -22,7 +22,114 @@ void sr_xplan_free(sr_xplan *x) {
   sr__free(x->send_ids);
   sr__free(x->slot_of);
   sr__free(x->send_slots);
+  sr__free(x->creq_off);
+  sr__free(x->creq_ids);
+  sr__free(x->csend_off);
+  sr__free(x->csend_ids);
+  sr__free(x->csend_rows);
   *x = (sr_xplan){0};
+}
+
+size_t sr_xplan_half_elems(const sr_xplan *x, int src) {
+  size_t nb = (size_t)(x->req_off[src + 1] - x->req_off[src]);
+  size_t nc = x->creq_off ? (size_t)(x->creq_off[src + 1] - x->creq_off[src]) : 0;
+  return nb * x->item_elems + nc * (size_t)x->d;
+}
+
+/* Collective (selected mode with columns): the columns this rank needs that no fetched block
+ * brings, their request lists (Alltoall counts, Alltoallv ids) and the rows to send. `need`
+ * marks the fetched (kv-head, block) ids. */
+static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
+                               const uint8_t *need, MPI_Comm comm) {
+  const int P = p->nranks, me = p->rank;
+  const int64_t n = p->n, ncid = (int64_t)p->kv_heads * n;
+  sr_status st = SR_OK;
+  uint8_t *cneed = sr__calloc((size_t)ncid, 1);
+  int *cs = sr__calloc((size_t)P, sizeof(int)), *cr = sr__calloc((size_t)P, sizeof(int));
+  int *ds = sr__calloc((size_t)P, sizeof(int)), *dr = sr__calloc((size_t)P, sizeof(int));
+  x->creq_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
+  x->csend_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
+  if (!cneed || !cs || !cr || !ds || !dr || !x->creq_off || !x->csend_off)
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
+  int64_t nreq = 0;
+  if (st == SR_OK) {
+    for (int h = 0; h < sel->q_heads; h++) {
+      const int kvh = h / p->group;
+      for (int64_t m = 0; m < sel->nqb; m++) {
+        const int64_t r = h * sel->nqb + m;
+        for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) {
+          const int64_t pos = sel->vcol[e];
+          if (sr_plan_owner_of_pos(p, pos) == me) continue;
+          if (need[kvh * p->nkb_global + pos / p->bk]) continue; /* comes with its block */
+          cneed[kvh * n + pos] = 1;
+        }
+      }
+    }
+    for (int64_t id = 0; id < ncid; id++)
+      if (cneed[id]) {
+        x->creq_off[sr_plan_owner_of_pos(p, id % n) + 1]++;
+        nreq++;
+      }
+    for (int o = 0; o < P; o++) x->creq_off[o + 1] += x->creq_off[o];
+    x->creq_ids = sr__alloc((size_t)(nreq > 0 ? nreq : 1) * sizeof(int64_t));
+    if (!x->creq_ids) st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
+  }
+  if (st == SR_OK) {
+    int64_t fill[P];
+    for (int o = 0; o < P; o++) fill[o] = x->creq_off[o];
+    for (int64_t id = 0; id < ncid; id++)
+      if (cneed[id]) x->creq_ids[fill[sr_plan_owner_of_pos(p, id % n)]++] = id;
+    for (int o = 0; o < P; o++) {
+      const int64_t c = x->creq_off[o + 1] - x->creq_off[o];
+      if (c > INT_MAX || x->creq_off[o] > INT_MAX) {
+        st = sr__seterr(SR_ERR_SHAPE, "column request list of %lld entries is too long",
+                        (long long)c);
+        break;
+      }
+      cs[o] = (int)c;
+      ds[o] = (int)x->creq_off[o];
+    }
+  }
+  sr__free(cneed);
+  st = sr_comm_agree(comm, st);
+  if (st == SR_OK)
+    st = sr_comm_agree(comm, sr__mpi_check(MPI_Alltoall(cs, 1, MPI_INT, cr, 1, MPI_INT, comm),
+                                           "MPI_Alltoall(column counts)", __FILE__, __LINE__));
+  int64_t total = 0;
+  if (st == SR_OK) {
+    for (int o = 0; o < P; o++) {
+      if (total > INT_MAX) break;
+      dr[o] = (int)total;
+      x->csend_off[o] = total;
+      total += cr[o];
+    }
+    x->csend_off[P] = total;
+    if (total > INT_MAX) st = sr__seterr(SR_ERR_SHAPE, "too many key columns requested");
+    x->csend_ids = sr__alloc((size_t)(total > 0 ? total : 1) * sizeof(int64_t));
+    x->csend_rows = sr__alloc((size_t)(total > 0 ? total : 1) * sizeof(int32_t));
+    if (st == SR_OK && (!x->csend_ids || !x->csend_rows))
+      st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
+  }
+  st = sr_comm_agree(comm, st);
+  if (st == SR_OK)
+    st = sr_comm_agree(comm, sr__mpi_check(MPI_Alltoallv(x->creq_ids, cs, ds, MPI_INT64_T,
+                                                         x->csend_ids, cr, dr, MPI_INT64_T, comm),
+                                           "MPI_Alltoallv(column ids)", __FILE__, __LINE__));
+  for (int64_t i = 0; st == SR_OK && i < total; i++) {
+    const int64_t id = x->csend_ids[i], h = id / n, pos = id % n;
+    if (h >= p->kv_heads || sr_plan_owner_of_pos(p, pos) != me) {
+      st = sr__seterr(SR_ERR_INTERNAL, "rank %d was asked for column %lld it does not own", me,
+                      (long long)id);
+      break;
+    }
+    /* < kv_heads x n_local <= INT32_MAX (sr_plan_init for methods with columns). */
+    x->csend_rows[i] = (int32_t)(h * p->n_local + sr_plan_local_row(p, pos));
+  }
+  sr__free(cs);
+  sr__free(cr);
+  sr__free(ds);
+  sr__free(dr);
+  return st;
 }
 
 sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
@@ -36,6 +143,8 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
   x->nkb_global = p->nkb_global;
   x->nkb_local = p->nkb_local;
   x->item_elems = (size_t)p->bk * (size_t)p->d;
+  x->n = p->n;
+  x->d = p->d;
   const int64_t nids = (int64_t)p->kv_heads * p->nkb_global;
   /* Every int32 slot and every int count or displacement below is at most nids, which
    * sr_plan_init bounds by INT32_MAX ("kv_heads x key blocks"). Identical on every rank (the
@@ -157,6 +266,11 @@ done:
         x->send_slots[i] = (int32_t)(h * p->nkb_local + lb); /* < nids (sr_plan_init) */
       }
     }
+    /* Every rank has the same method, so either all build column lists or none. */
+    if (sel->vrow_ptr) {
+      st = sr_comm_agree(comm, st);
+      if (st == SR_OK) st = build_columns(x, p, sel, need, comm);
+    }
   }
   sr__free(need);
   sr__free(cnt_send);
@@ -184,8 +298,10 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_tr
     recv_bytes = 2 * shard_elems * eb;
   } else {
     for (int o = 0; o < P; o++) {
-      size_t r = (size_t)(x->req_off[o + 1] - x->req_off[o]) * 2 * it * eb;
-      size_t s = (size_t)(x->send_off[o + 1] - x->send_off[o]) * 2 * it * eb;
+      size_t r = sr_xplan_half_elems(x, o) * 2 * eb;
+      size_t s = ((size_t)(x->send_off[o + 1] - x->send_off[o]) * it +
+                  (x->csend_off ? (size_t)(x->csend_off[o + 1] - x->csend_off[o]) * x->d : 0)) *
+                 2 * eb;
       if (r > recv_bytes) recv_bytes = r;
       if (s > send_bytes) send_bytes = s;
     }
@@ -215,19 +331,29 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_tr
       int dst_ = (me + (s)) % P, src_ = (me - (s) + P) % P;                                        \
       int64_t ns_ = x->send_off[dst_ + 1] - x->send_off[dst_];                                     \
       int64_t nr_ = x->req_off[src_ + 1] - x->req_off[src_];                                       \
+      int64_t cs_ = x->csend_off ? x->csend_off[dst_ + 1] - x->csend_off[dst_] : 0;                \
+      int64_t cr_ = x->creq_off ? x->creq_off[src_ + 1] - x->creq_off[src_] : 0;                   \
+      size_t half_ = ((size_t)ns_ * it + (size_t)cs_ * x->d) * eb;                                 \
+      size_t rhalf_ = sr_xplan_half_elems(x, src_) * eb;                                           \
       char *sb_ = send[(s) & 1];                                                                   \
       const int32_t *sl_ = x->send_slots + x->send_off[dst_];                                      \
+      const char *vl_ = (const char *)kv_local + shard_elems * eb;                                 \
+      /* [K blocks][K columns][V blocks][V columns] */                                             \
       if (ns_ > 0) st = be->gather(sb_, kv_local, sl_, ns_, it);                                   \
-      if (st == SR_OK && ns_ > 0)                                                                  \
-        st = be->gather(sb_ + (size_t)ns_ * it * eb, (const char *)kv_local + shard_elems * eb,    \
-                        sl_, ns_, it);                                                             \
+      if (st == SR_OK && cs_ > 0)                                                                  \
+        st = be->gather(sb_ + (size_t)ns_ * it * eb, kv_local,                                     \
+                        x->csend_rows + x->csend_off[dst_], cs_, (size_t)x->d);                    \
+      if (st == SR_OK && ns_ > 0) st = be->gather(sb_ + half_, vl_, sl_, ns_, it);                 \
+      if (st == SR_OK && cs_ > 0)                                                                  \
+        st = be->gather(sb_ + half_ + (size_t)ns_ * it * eb, vl_,                                  \
+                        x->csend_rows + x->csend_off[dst_], cs_, (size_t)x->d);                    \
       if (st == SR_OK)                                                                             \
-        st = t->step_post(t, (s), sb_, (size_t)ns_ * 2 * it * eb, dst_, recv[(s) & 1],             \
-                          (size_t)nr_ * 2 * it * eb, src_);                                        \
+        st = t->step_post(t, (s), sb_, 2 * half_, dst_, recv[(s) & 1], 2 * rhalf_, src_);          \
       if (st == SR_OK) {                                                                           \
-        x->bytes_sent += (uint64_t)ns_ * 2 * it * eb;                                              \
-        x->bytes_recv += (uint64_t)nr_ * 2 * it * eb;                                              \
+        x->bytes_sent += (uint64_t)(2 * half_);                                                    \
+        x->bytes_recv += (uint64_t)(2 * rhalf_);                                                   \
         x->items_recv += (uint64_t)nr_;                                                            \
+        x->cols_recv += (uint64_t)cr_;                                                             \
       }                                                                                            \
     }                                                                                              \
     tm.exchange_s += sr__now() - t0_;                                                              \
@@ -249,12 +375,11 @@ sr_status sr_ring_run(sr_xplan *x, const sr_plan *p, const sr_backend *be, sr_tr
      * blocks this rank asked of rank (r - s), sent directly. */
     const int src = (me - s + P) % P;
     const char *kb = recv[s & 1];
-    size_t nitems = dense ? (size_t)x->kv_heads * (size_t)x->nkb_local
-                          : (size_t)(x->req_off[src + 1] - x->req_off[src]);
+    size_t half = dense ? shard_elems : sr_xplan_half_elems(x, src);
     /* Keep computing only while everything is fine; keep communicating regardless. */
-    if (cb == SR_OK && nitems > 0) {
+    if (cb == SR_OK && half > 0) {
       double c0 = sr__now();
-      cb = fn(ctx, s, src, kb, kb + nitems * it * eb);
+      cb = fn(ctx, s, src, kb, kb + half * eb);
       tm.compute_s += sr__now() - c0;
     }
     if (progress_every_s > 0 && me == 0 && sr__now() - last_print > progress_every_s) {

@@ -8,7 +8,8 @@
  * receives from (r-t) mod P what it asked of that rank. Dense-ring mode passes whole KV shards
  * around the ring instead (classic ring attention): at step t rank r holds rank (r-t)'s shard.
  *
- * Step buffers are slot pools (kernels.h): K items then V items, each item bk*d floats. Item
+ * Step buffers are slot pools (kernels.h): K items then V items, each item bk*d floats (then
+ * the requested key columns, see sr_xplan). Item
  * (kv-head h, global key block j) sits in its step buffer at slot slot_of[h*nkb_global + j];
  * for the rank's own blocks and in dense-ring mode that is h*nkb_local + local block.
  *
@@ -38,9 +39,20 @@ typedef struct sr_xplan {
   int64_t *send_ids;
   int32_t *slot_of;            /* [kv_heads * nkb_global]                                    */
   int32_t *send_slots;         /* [send_off[P]] local slot of each send_ids entry            */
+  /* key columns (selections with columns, selected mode): a column whose key block is not
+   * fetched anyway travels alone, as one row of d values in K and in V. A step buffer from
+   * owner o is [K blocks][K columns][V blocks][V columns], the columns in creq order. */
+  int64_t n;                   /* sequence length: column id = kv_head * n + position         */
+  int d;
+  int64_t *creq_off, *creq_ids;    /* [P+1], ascending ids grouped by owner                 */
+  int64_t *csend_off, *csend_ids;  /* [P+1], grouped by requester                           */
+  int32_t *csend_rows;             /* local pool row (kv_head * n_local + local row) of each */
   /* counters of this rank, accumulated over calls of sr_ring_run */
-  uint64_t bytes_sent, bytes_recv, items_recv;
+  uint64_t bytes_sent, bytes_recv, items_recv, cols_recv;
 } sr_xplan;
+
+/* Elements of one K (or V) half of the step buffer from `src` (selected mode). */
+size_t sr_xplan_half_elems(const sr_xplan *x, int src);
 
 /* Collective (exchanges request lists in selected mode). */
 sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,

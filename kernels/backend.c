@@ -31,10 +31,23 @@ sr_status sr__attn_args_check(const sr_attn_args *a) {
   if (nnz > 0 && (!a->slot || !a->kpos || !a->k || !a->v))
     return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL slot/kpos/k/v with %lld entries",
                       (long long)nnz);
-  for (int64_t e = 0; e < nnz; e++)
+  for (int64_t e = 0; e < nnz; e++) {
     if (a->slot[e] < 0)
       return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: negative slot %d at entry %lld",
                         (int)a->slot[e], (long long)e);
+    /* A column chunk: -kpos keys (1..bk) at colrow[slot .. slot + cnt). */
+    if (a->kpos[e] < 0) {
+      const int64_t cnt = -a->kpos[e];
+      if (cnt > a->bk || !a->colrow || (int64_t)a->slot[e] + cnt > a->ncolrow)
+        return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: column chunk of %lld keys at entry %lld "
+                          "(bk %d, %lld column rows)", (long long)cnt, (long long)e, a->bk,
+                          (long long)a->ncolrow);
+    }
+  }
+  for (int64_t c = 0; c < a->ncolrow; c++)
+    if (a->colrow[c] < 0)
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: negative column row %d at %lld",
+                        (int)a->colrow[c], (long long)c);
   return SR_OK;
 }
 

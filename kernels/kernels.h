@@ -22,6 +22,14 @@
  * kpos[e] + j < kv_limit. Rows i >= nq (the tail of a partial last q-block) are not written.
  * GQA: the kv head of q-head h is h / (q_heads / kv_heads); slots already name the kv-head's
  * data, so K/V are never copied per q-head.
+ *
+ * Column entries (Vertical-Slash, FlexPrefill: docs/METHODS.md §2.1). An entry with
+ * kpos[e] < 0 is a chunk of cnt = -kpos[e] gathered key columns (1 <= cnt <= bk) instead of
+ * a block: its keys are the pool rows colrow[slot[e]], ..., colrow[slot[e] + cnt - 1] (pool
+ * row r is the d values at k + r*d, so slot s's block is rows s*bk .. s*bk+bk-1), and every
+ * one of them is visible to every query row of the q-block (no causal mask, no kv_limit:
+ * the selection only lists columns before the q-block's first query). The kernel gathers the
+ * rows into a packed K/V tile and runs the same online softmax as for a block.
  */
 #ifndef SR_KERNELS_H
 #define SR_KERNELS_H
@@ -42,7 +50,10 @@ typedef struct sr_attn_args {
   const void *k, *v;  /* slot pools (storage type), slot s at element s*bk*d           */
   const int64_t *row_ptr; /* [q_heads*nqb + 1] host                                      */
   const int32_t *slot;    /* [nnz] host: slot of each entry                              */
-  const int64_t *kpos;    /* [nnz] host: global position of the slot's first key         */
+  const int64_t *kpos;    /* [nnz] host: global position of the slot's first key; < 0:  */
+                          /*   a column chunk of -kpos[e] keys (see above)               */
+  const int32_t *colrow;  /* [ncolrow] host: pool rows of the column chunks (NULL if none) */
+  int64_t ncolrow;
   int64_t kv_limit;   /* keys at positions >= kv_limit are masked (sequence length)   */
   float scale;        /* softmax scale, usually 1/sqrt(d)                              */
   float *out;         /* [q_heads][nq][d] written for every row (0 for empty rows)     */
@@ -65,6 +76,8 @@ typedef struct sr_backend {
   /* Packs items: dst item i = pool item slots_host[i], each item_elems storage elements. */
   sr_status (*gather)(void *dst, const void *pool, const int32_t *slots_host, int64_t n,
                       size_t item_elems);
+  /* n storage elements of backend memory -> n host floats (bf16 widened on CUDA). */
+  sr_status (*unstore)(float *dst_host, const void *src, size_t n);
   /* Waits until every op issued so far has finished. */
   sr_status (*sync)(void);
 
@@ -94,7 +107,39 @@ typedef struct sr_backend {
    * May overwrite s. */
   sr_status (*topk_rows)(float *s, int64_t rows, int64_t ld, const int64_t *causal_host,
                          const int32_t *keep_host, int K, int32_t *idx_host);
+
+  /* ---- Vertical-Slash / FlexPrefill estimate (docs/METHODS.md §2.1-2.2) ----
+   * One q-head at a time: the W window queries (the last W of the sequence, global positions
+   * qpos0 .. qpos0+W-1, fp32 backend memory [W][d]) against this rank's nk keys of the q-head's
+   * kv-head (storage type, [nk][d], backend memory). Local key j has global position
+   * run_start[j / run_len] + j % run_len (run_start: host array of nk / run_len entries).
+   * L [W][nk] fp32 backend memory. Every op is deterministic (the same value for the same
+   * inputs, whatever nk is), so that the summed results do not depend on how the keys are
+   * split over ranks. Sums are fixed point, units of 2^-SR_EST_FIX_BITS (integer addition is
+   * associative: any split, any order, the same bits). */
+  /* L[i][j] = scale * dot(qw[i], k[j]) (fp32, dims in ascending order), -INFINITY where the
+   * key's position > qpos0 + i. */
+  sr_status (*est_scores)(const float *qw, int W, int64_t qpos0, const void *k, int64_t nk,
+                          const int64_t *run_start_host, int64_t run_len, int d, float scale,
+                          float *L);
+  /* max_host[i] = max_j L[i][j] (-INFINITY when the row has no visible key). */
+  sr_status (*est_rowmax)(const float *L, int W, int64_t nk, float *max_host);
+  /* sum_host[i] = sum_j fix(expf(L[i][j] - gmax_host[i])), fix(x) = (int64)(x * 2^32 + 0.5);
+   * rows with gmax = -INFINITY give 0. */
+  sr_status (*est_rowsum)(const float *L, int W, int64_t nk, const float *gmax_host,
+                          int64_t *sum_host);
+  /* A = expf(L[i][j] - gmax[i]) * inv_host[i] (fp32; rounded to bf16 when round_bf16), then
+   *   vert_host[j]  += sum_i fix(A)                       for every local key j,
+   *   slash_host[o] += sum_{i,j: o = qpos0+i-pos(j) >= 0} fix(A)   o in [0, n).
+   * Both host arrays are added to (the caller zeroes them). */
+  sr_status (*est_accum)(const float *L, int W, int64_t nk, int64_t qpos0,
+                         const int64_t *run_start_host, int64_t run_len, const float *gmax_host,
+                         const float *inv_host, int round_bf16, int64_t n, int64_t *vert_host,
+                         int64_t *slash_host);
 } sr_backend;
+
+/* Fixed-point scale of the estimate sums: fix(x) = (int64_t)(x * 2^32 + 0.5) for x in [0, 1]. */
+#define SR_EST_FIX_BITS 32
 
 #ifdef __cplusplus
 extern "C" {

@@ -21,6 +21,8 @@ typedef struct sr_attend {
   int32_t **slot;         /* per source: [nnz_s] */
   int64_t **kpos;         /* per source: [nnz_s] */
   int64_t *nnz;           /* per source */
+  int32_t **colrow;       /* per source: pool rows of its column chunks (kernels.h)      */
+  int64_t *ncolrow;       /* per source */
   float *out, *lse;       /* accumulators [q_heads][n_local][d], [q_heads][n_local] (backend) */
   float *part_out, *part_lse; /* backend scratch for non-local sources */
   float scale;

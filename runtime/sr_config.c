@@ -33,8 +33,11 @@ static const cyaml_strval_t sr__profile_names[] = {{"plain", SR_SYNTH_PLAIN},
 static const cyaml_strval_t sr__shard_names[] = {{"zigzag", SR_SHARD_ZIGZAG},
                                                  {"contiguous", SR_SHARD_CONTIGUOUS}};
 static const cyaml_strval_t sr__phase_names[] = {{"prefill", SR_PHASE_PREFILL}};
-static const cyaml_strval_t sr__method_names[] = {{"dense", SR_METHOD_DENSE},
-                                                  {"block_sparse", SR_METHOD_BLOCK_SPARSE}};
+static const cyaml_strval_t sr__method_names[] = {
+    {"dense", SR_METHOD_DENSE},
+    {"block_sparse", SR_METHOD_BLOCK_SPARSE},
+    {"vertical_slash", SR_METHOD_VERTICAL_SLASH},
+    {"flexprefill", SR_METHOD_FLEXPREFILL}};
 static const cyaml_strval_t sr__exchange_names[] = {{"selected", SR_EXCHANGE_SELECTED},
                                                     {"dense_ring", SR_EXCHANGE_DENSE_RING}};
 static const cyaml_strval_t sr__backend_names[] = {
@@ -137,17 +140,32 @@ const sr__key sr__keys[] = {
     {ENUM("attention", "phase", phase, sr__phase_names), .def = SR_PHASE_PREFILL,
      .doc = "prefill (every query attends causally)"},
     {ENUM("attention", "method", method, sr__method_names), .def = SR_METHOD_BLOCK_SPARSE,
-     .doc = "dense (exact) or block_sparse (Sparse Frontier Block-Sparse)"},
+     .doc = "dense (exact), block_sparse, vertical_slash or flexprefill (docs/METHODS.md)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("block_q", OPT, sr_config, block_q),
-     .def = 16, RANGE(1, 4096), .doc = "query block size in tokens"},
+     .def = 16, RANGE(1, 4096), .doc = "query block size in tokens (vertical_slash, flexprefill: 64 unless given)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("block_k", OPT, sr_config, block_k),
-     .def = 16, RANGE(1, 4096), .doc = "key block size in tokens"},
+     .def = 16, RANGE(1, 4096), .doc = "key block size in tokens (vertical_slash, flexprefill: 64 unless given)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("top_chunks", OPT, sr_config, top_chunks),
      .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 3, .hi = 1048576,
      .doc = "key blocks kept per query block (sink + local + selected); 0 = use sparsity"},
     {.parent = "attention", .field = CYAML_FIELD_FLOAT("sparsity", OPT, sr_config, sparsity),
      .def = 0.9, .check = SR__CHECK_RANGE | SR__CHECK_HI_OPEN, .lo = 0, .hi = 1,
-     .doc = "target fraction of causal block pairs skipped; sets the budget when top_chunks is 0"},
+     .doc = "target sparsity; sets the budget when top_chunks (block_sparse), verticals (vertical_slash) or min_budget (flexprefill) is 0"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("last_q", OPT, sr_config, last_q),
+     .def = 256, RANGE(1, 65536),
+     .doc = "vertical_slash, flexprefill: W, the last queries whose attention estimates the pattern (the paper: 256, 512 for retrieval tasks)"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("verticals", OPT, sr_config, verticals),
+     .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 4, .hi = 1 << 30,
+     .doc = "vertical_slash: key columns per q-head (V, >= 4); 0 = from sparsity (the paper's Table 3)"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("slashes", OPT, sr_config, slashes),
+     .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 64, .hi = 1 << 30,
+     .doc = "vertical_slash: diagonals per q-head (S, >= 64); 0 = the same as verticals"},
+    {.parent = "attention", .field = CYAML_FIELD_FLOAT("alpha", OPT, sr_config, alpha),
+     .def = -1, RANGE(-1, 1),
+     .doc = "flexprefill: coverage alpha in [0, 1]; -1 = from sparsity (the paper's Table 3)"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("min_budget", OPT, sr_config, min_budget),
+     .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 64, .hi = 1 << 30,
+     .doc = "flexprefill: least verticals and slashes per q-head (>= 64); 0 = from sparsity (the paper's Table 3)"},
 
     {ENUM("", "exchange", exchange, sr__exchange_names), .def = SR_EXCHANGE_SELECTED,
      .doc = "selected (move only the KV blocks chosen) or dense_ring (move all)"},
@@ -453,6 +471,21 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
     return sr__seterr(SR_ERR_CONFIG,
                       "%sattention.sparsity: block_sparse needs attention.top_chunks >= 3 or "
                       "attention.sparsity > 0 (use method dense for exact attention)",
+                      w);
+  }
+  if (c->method == SR_METHOD_VERTICAL_SLASH && c->verticals == 0 && c->sparsity == 0) {
+    where(ctx, w, sizeof w, "attention.sparsity", "attention.verticals");
+    return sr__seterr(SR_ERR_CONFIG,
+                      "%sattention.sparsity: vertical_slash needs attention.verticals >= 4 or "
+                      "attention.sparsity > 0 (use method dense for exact attention)",
+                      w);
+  }
+  if (c->method == SR_METHOD_FLEXPREFILL && (c->alpha < 0 || c->min_budget == 0) &&
+      c->sparsity == 0) {
+    where(ctx, w, sizeof w, "attention.sparsity", "attention.alpha");
+    return sr__seterr(SR_ERR_CONFIG,
+                      "%sattention.sparsity: flexprefill needs attention.alpha in [0, 1] and "
+                      "attention.min_budget >= 64, or attention.sparsity > 0",
                       w);
   }
   if (c->out_path != NULL && c->write_mask == 0) {

@@ -13,8 +13,11 @@
  *                    cluster_tokens, cluster_share}
  *   seq_len
  *   shard (zigzag | contiguous)
- *   attention.phase (prefill), attention.method (dense | block_sparse),
- *   attention.block_q, attention.block_k, attention.top_chunks, attention.sparsity
+ *   attention.phase (prefill),
+ *   attention.method (dense | block_sparse | vertical_slash | flexprefill),
+ *   attention.block_q, attention.block_k, attention.top_chunks, attention.sparsity,
+ *   attention.last_q, attention.verticals, attention.slashes, attention.alpha,
+ *   attention.min_budget
  *   exchange (selected | dense_ring)
  *   backend (auto | cpu | cuda), threads
  *   output.path, output.write (list of out | lse | selection), output.overwrite,
@@ -32,7 +35,12 @@
 typedef enum { SR_INPUT_SYNTHETIC = 0, SR_INPUT_HDF5 = 1 } sr_input_source;
 typedef enum { SR_SHARD_ZIGZAG = 0, SR_SHARD_CONTIGUOUS = 1 } sr_shard_scheme;
 typedef enum { SR_PHASE_PREFILL = 0 } sr_phase;
-typedef enum { SR_METHOD_DENSE = 0, SR_METHOD_BLOCK_SPARSE = 1 } sr_method;
+typedef enum {
+  SR_METHOD_DENSE = 0,
+  SR_METHOD_BLOCK_SPARSE = 1,
+  SR_METHOD_VERTICAL_SLASH = 2,
+  SR_METHOD_FLEXPREFILL = 3
+} sr_method;
 typedef enum { SR_EXCHANGE_SELECTED = 0, SR_EXCHANGE_DENSE_RING = 1 } sr_exchange_mode;
 typedef enum { SR_BACKEND_AUTO = 0, SR_BACKEND_CPU = 1, SR_BACKEND_CUDA = 2 } sr_backend_kind;
 
@@ -82,6 +90,10 @@ typedef struct sr_config {
   int block_q, block_k;
   int top_chunks;          /* > 0: budget in key blocks per query block (>= 3)           */
   double sparsity;         /* used when top_chunks == 0: target sparsity in [0, 1)       */
+  int last_q;              /* W: window of last queries (vertical_slash, flexprefill)    */
+  int verticals, slashes;  /* V, S (vertical_slash); 0 = from sparsity / = verticals     */
+  double alpha;            /* flexprefill coverage; -1 = from sparsity                   */
+  int min_budget;          /* flexprefill floor of V and S; 0 = from sparsity            */
   sr_exchange_mode exchange;
   sr_backend_kind backend;
   int threads;             /* CPU threads per rank; 0 = cores / ranks on the node        */
@@ -166,7 +178,7 @@ enum {
   SR__CHECK_MULT8 = 1u << 3,   /* ... and a multiple of 8                                   */
 };
 #define SR__MAX_PATH 4095 /* longest path string accepted (libcyaml string max) */
-#define SR__MAX_KEYS 64
+#define SR__MAX_KEYS 96
 
 /* One row of the schema: a key, its libcyaml field, default and bounds. */
 typedef struct sr__key {

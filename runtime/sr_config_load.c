@@ -905,6 +905,11 @@ static sr_status load_doc(sr__load *L, sr_config *cfg, const char *yaml, size_t 
   sr_config *raw = NULL;
   SR_TRY(cyaml_read(L, &raw));
   SR_TRY(take_present(L, cfg, raw));
+  /* Vertical-Slash and FlexPrefill tile with the paper's 64 x 64 unless the blocks are given. */
+  if (cfg->method == SR_METHOD_VERTICAL_SLASH || cfg->method == SR_METHOD_FLEXPREFILL) {
+    if (!find_entry(L, "attention.block_q")) cfg->block_q = 64;
+    if (!find_entry(L, "attention.block_k")) cfg->block_k = 64;
+  }
   if (!(cfg->source_name = strdup(L->full_name)))
     return sr__seterr(SR_ERR_NOMEM, "out of memory reading %s", L->name);
   SR_TRY(check_bounds(L, cfg));

@@ -80,6 +80,10 @@ sr_status sr_plan_init(sr_plan *p, const sr_config *cfg, int nranks, int rank) {
             over_int32((int64_t)p->kv_heads * p->nkb_local, p->d)))
     what = "kv_heads x local key blocks x head_dim (summary floats per rank)",
     a = (int64_t)p->kv_heads * p->nkb_local, b = p->d, also = " (or more ranks)";
+  else if ((cfg->method == SR_METHOD_VERTICAL_SLASH || cfg->method == SR_METHOD_FLEXPREFILL) &&
+           (over_int32(p->kv_heads, p->n_local) || over_int32(p->q_heads, p->n)))
+    what = "q_heads x tokens (key-column ids and the estimate's sums)", a = p->q_heads,
+    b = p->n, also = " (vertical_slash and flexprefill index key columns with 32 bits)";
   if (what) {
     const double count = (double)a * (double)b;
     *p = (sr_plan){0};

@@ -26,6 +26,7 @@
 #include "sr_internal.h"
 #include "sr_plan.h"
 #include "sr_select.h"
+#include "sr_method.h"
 #include "sr_synth.h"
 #include "sr_verify.h"
 
@@ -187,7 +188,8 @@ typedef struct layer_state {
   void *q, *kv;
   float *out, *lse;
   float *stage, *out_h, *lse_h;
-  sr_summaries sum;
+  const sr_method_ops *method;
+  void *mstate; /* the method's summary (its free_state releases it) */
   sr_selection sel;
   sr_xplan x;
   sr_attend att;
@@ -205,7 +207,7 @@ static void layer_state_free(layer_state *s) {
   sr__free(s->stage);
   sr__free(s->out_h);
   sr__free(s->lse_h);
-  sr_summaries_free(&s->sum);
+  if (s->method && s->method->free_state) s->method->free_state(s->mstate);
   sr_selection_free(&s->sel);
   sr_xplan_free(&s->x);
   sr_attend_free(&s->att);
@@ -213,8 +215,10 @@ static void layer_state_free(layer_state *s) {
   *s = (layer_state){0};
 }
 
-static sr_status alloc_layer(const sr_plan *p, const sr_backend *be, layer_state *s) {
+static sr_status alloc_layer(const sr_config *cfg, const sr_plan *p, const sr_backend *be,
+                             layer_state *s) {
   s->be = be;
+  s->method = sr_method_get(cfg->method);
   size_t qf = (size_t)p->q_heads * (size_t)p->n_local * (size_t)p->d;
   size_t kf = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
   size_t rows = (size_t)p->q_heads * (size_t)p->n_local;
@@ -236,12 +240,12 @@ static sr_status alloc_layer(const sr_plan *p, const sr_backend *be, layer_state
  * fills r with rank-local values (reduced by the caller). */
 static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_plan *p,
                            const sr_backend *be, sr_transport *t, row_source *rs, int layer,
-                           int top_chunks, sr_layer_result *r, layer_state *sp) {
+                           sr_layer_result *r, layer_state *sp) {
   layer_state s = {0};
   sr_status st;
   double t0 = sr__now();
 
-  st = sr_comm_agree(w->comm, alloc_layer(p, be, &s));
+  st = sr_comm_agree(w->comm, alloc_layer(cfg, p, be, &s));
   if (st == SR_OK && rs->h5) st = sr_h5_in_check(rs->h5, layer, 0); /* collective, agreed */
   if (st != SR_OK) goto done;
   /* generate / read */
@@ -257,17 +261,19 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   if (st != SR_OK) goto done;
   r->t[SR_PH_GENERATE] = sr__now() - t0;
 
-  /* summarise + select */
+  /* summarise (collective) + select (local), through the method's table entry */
+  const sr_method_ops *m = sr_method_get(cfg->method);
+  const sr_method_in min = {.cfg = cfg, .p = p, .be = be, .comm = w->comm, .q = s.q, .k = s.kv};
   t0 = sr__now();
-  if (cfg->method == SR_METHOD_BLOCK_SPARSE) {
-    st = sr_summaries_gather(p, be, w->comm, s.kv, &s.sum);
+  if (m->summarise) {
+    st = m->summarise(&min, &s.mstate);
+    if (st == SR_OK) st = be->sync();
+    st = sr_comm_agree(w->comm, st);
     if (st != SR_OK) goto done;
   }
   r->t[SR_PH_SUMMARISE] = sr__now() - t0;
   t0 = sr__now();
-  st = cfg->method == SR_METHOD_BLOCK_SPARSE
-           ? sr_select_block_sparse(p, be, s.q, &s.sum, top_chunks, &s.sel)
-           : sr_select_dense(p, &s.sel);
+  st = m->select(&min, s.mstate, &s.sel);
   /* Device work of the phases above is finished here, so that the ring's time is its own. */
   if (st == SR_OK) st = be->sync();
   st = sr_comm_agree(w->comm, st);
@@ -308,6 +314,11 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
                         be->elem_bytes;
   r->pairs_computed = s.att.pairs_computed;
   r->nnz_blocks = (uint64_t)s.sel.nnz;
+  r->nnz_columns = (uint64_t)s.sel.nv;
+  r->columns_fetched = s.x.cols_recv;
+  r->paper_pairs = s.sel.paper_pairs;
+  r->budget_v = s.sel.budget_v;
+  r->budget_s = s.sel.budget_s;
   r->top_chunks = s.sel.top_chunks;
 
   /* verify */
@@ -379,10 +390,13 @@ done:
 static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
   double tmax[SR_PH_COUNT];
   SR_MPI(MPI_Reduce(r->t, tmax, SR_PH_COUNT, MPI_DOUBLE, MPI_MAX, 0, w->comm));
-  uint64_t sums[6] = {r->bytes_sent, r->bytes_dense_ring, r->blocks_fetched, r->pairs_computed,
-                      r->nnz_blocks, 0};
-  uint64_t tot[6];
-  SR_MPI(MPI_Reduce(sums, tot, 6, MPI_UINT64_T, MPI_SUM, 0, w->comm));
+  uint64_t sums[7] = {r->bytes_sent,     r->bytes_dense_ring, r->blocks_fetched,
+                      r->pairs_computed, r->nnz_blocks,       r->nnz_columns,
+                      r->columns_fetched};
+  uint64_t tot[7];
+  SR_MPI(MPI_Reduce(sums, tot, 7, MPI_UINT64_T, MPI_SUM, 0, w->comm));
+  double pp = 0;
+  SR_MPI(MPI_Reduce(&r->paper_pairs, &pp, 1, MPI_DOUBLE, MPI_SUM, 0, w->comm));
   uint64_t bmax = 0;
   SR_MPI(MPI_Reduce(&r->bytes_recv_max, &bmax, 1, MPI_UINT64_T, MPI_MAX, 0, w->comm));
   if (w->rank == 0) {
@@ -392,6 +406,9 @@ static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
     r->blocks_fetched = tot[2];
     r->pairs_computed = tot[3];
     r->nnz_blocks = tot[4];
+    r->nnz_columns = tot[5];
+    r->columns_fetched = tot[6];
+    r->paper_pairs = pp;
     r->bytes_recv_max = bmax;
   }
   return SR_OK;
@@ -564,11 +581,6 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
   st = sr_comm_agree(w->comm, build_rank_map(w, be->name, res->threads, &res->rank_map));
   if (st != SR_OK) goto out;
 
-  /* Budget: explicit top_chunks, or the paper's formula solved for the target sparsity. */
-  int top_chunks = cfg->top_chunks;
-  if (cfg->method == SR_METHOD_BLOCK_SPARSE && top_chunks == 0)
-    top_chunks = sr_block_sparse_budget(plan.nkb_global, cfg->sparsity);
-
   /* Input first (a bad input file must fail before an output file is created). */
   uint64_t input_fp = 0;
   if (cfg->input_source == SR_INPUT_HDF5) {
@@ -646,15 +658,13 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     char *metrics = NULL;
     double t0 = sr__now();
     sr_ckpt_point("unit_start", l, w->rank);
-    st = run_layer(cfg, w, &plan, be, t, &rs, l, top_chunks, r, &s);
+    st = run_layer(cfg, w, &plan, be, t, &rs, l, r, &s);
     if (st != SR_OK) goto out;
     r->t[SR_PH_TOTAL] = sr__now() - t0;
     st = sr_comm_agree(w->comm, reduce_layer(w, r));
     r->pairs_causal = (uint64_t)plan.q_heads * (uint64_t)plan.n * (uint64_t)(plan.n + 1) / 2;
     r->sparsity_measured = 1.0 - (double)r->pairs_computed / (double)r->pairs_causal;
-    r->sparsity_paper = cfg->method == SR_METHOD_BLOCK_SPARSE
-                            ? sr_block_sparse_sparsity(plan.nkb_global, r->top_chunks)
-                            : 0.0;
+    r->sparsity_paper = sr_method_get(cfg->method)->sparsity_paper(&plan, &s.sel, r->paper_pairs);
     r->flops_effective = 4.0 * plan.d * (double)r->pairs_causal;
     r->flops_sparse = 4.0 * plan.d * (double)r->pairs_computed;
     sr_ckpt_point("after_compute", l, w->rank);

@@ -28,6 +28,10 @@ typedef struct sr_layer_result {
   uint64_t pairs_computed;      /* visible (q, k) pairs computed, all heads, all ranks       */
   uint64_t pairs_causal;        /* q_heads * N(N+1)/2                                        */
   uint64_t nnz_blocks;          /* selected (q-head, q-block, k-block) entries               */
+  uint64_t nnz_columns;         /* selected (q-head, q-block, key column) entries            */
+  uint64_t columns_fetched;     /* key columns received as columns (not inside a block)      */
+  double paper_pairs;           /* pairs the method's paper formula counts (VS: whole tiles) */
+  double budget_v, budget_s;    /* verticals / slashes per q-head, mean (VS, FlexPrefill)    */
   int top_chunks;               /* Block-Sparse budget used (0 for dense)                   */
   double sparsity_paper;        /* docs/METHODS.md §3 formula for the method (0 for dense)        */
   double sparsity_measured;     /* 1 - pairs_computed / pairs_causal                         */

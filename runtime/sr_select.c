@@ -1,59 +1,25 @@
 /*
- * sr_select.c — the prefill selection methods: dense and Block-Sparse (docs/METHODS.md §2.3).
- *
- * Block-Sparse, as the paper's code (minference/block.py) defines it, per q-head:
- *   qb[m] = mean of q rows in block m, kb[j] = mean of k rows in block j (no 1/sqrt(d));
- *   P = qb . kb^T; P[m, diag] = P[m, diag-1] = +inf; P[:, 0] = +inf; future blocks -inf;
- *   keep the top K = min(top_chunks, nblocks) of row m, of which the causal min(m+1, K).
- * Here "diag" is the last key block a q-block can see, so bq != bk also works; with bq == bk
- * it is block m exactly as in the paper. Top-k ties go to the lower block id; since the
- * scores of a block depend only on its own rows, the selection is identical for any rank
- * count.
+ * sr_select.c — what every selection method shares: the CSR's allocation and release, and the
+ * last key block a q-block can see. The methods themselves are in runtime/methods/.
  */
 #include "sr_select.h"
 #include "sr_internal.h"
 
 #include <limits.h>
-#include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 void sr_selection_free(sr_selection *sel) {
   sr__free(sel->row_ptr);
   sr__free(sel->col);
+  sr__free(sel->vrow_ptr);
+  sr__free(sel->vcol);
   *sel = (sr_selection){0};
 }
 
-void sr_summaries_free(sr_summaries *sum) {
-  sr__free(sum->kmean);
-  *sum = (sr_summaries){0};
-}
-
-double sr_block_sparse_sparsity(int64_t nblocks, int64_t k) {
-  double N = (double)nblocks, K = (double)(k < nblocks ? k : nblocks);
-  return 1.0 - (K * (K + 1) / 2 + (N - K) * K) / (N * (N + 1) / 2);
-}
-
-int sr_block_sparse_budget(int64_t nblocks, double target) {
-  /* Sparsity decreases monotonically in k: binary search the crossing, then take the closer
-   * of its two neighbours (as the paper's Table 3 budgets do). */
-  int64_t lo = 3, hi = nblocks > 3 ? nblocks : 3;
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (sr_block_sparse_sparsity(nblocks, mid) > target) lo = mid + 1;
-    else hi = mid;
-  }
-  int64_t best = lo;
-  if (lo > 3 && fabs(sr_block_sparse_sparsity(nblocks, lo - 1) - target) <=
-                    fabs(sr_block_sparse_sparsity(nblocks, lo) - target))
-    best = lo - 1;
-  return (int)best;
-}
-
 /* Last key block visible from the q-block starting at qpos (bq rows). */
-static int64_t diag_block(const sr_plan *p, int64_t qpos) { return (qpos + p->bq - 1) / p->bk; }
+int64_t sr__diag_block(const sr_plan *p, int64_t qpos) { return (qpos + p->bq - 1) / p->bk; }
 
-static sr_status alloc_rows(const sr_plan *p, sr_selection *sel) {
+sr_status sr__selection_alloc_rows(const sr_plan *p, sr_selection *sel) {
   *sel = (sr_selection){.q_heads = p->q_heads, .nqb = p->nqb_local};
   /* col holds key-block ids as int32 and rows are counted by MPI as int: sr_plan_init bounds
    * kv_heads x nkb_global and q_heads x nqb_global by INT32_MAX. */
@@ -63,130 +29,3 @@ static sr_status alloc_rows(const sr_plan *p, sr_selection *sel) {
   return SR_OK;
 }
 
-sr_status sr_select_dense(const sr_plan *p, sr_selection *sel) {
-  SR_TRY(alloc_rows(p, sel));
-  const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
-  for (int64_t r = 0; r < rows; r++) {
-    int64_t qpos = sr_plan_qblock_global(p, p->rank, r % p->nqb_local) * p->bq;
-    sel->row_ptr[r + 1] = sel->row_ptr[r] + diag_block(p, qpos) + 1;
-  }
-  sel->nnz = sel->row_ptr[rows];
-  sel->col = sr__alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t));
-  if (!sel->col) {
-    sr_selection_free(sel);
-    return sr__seterr(SR_ERR_NOMEM, "out of memory for the dense selection (%lld blocks)",
-                      (long long)sel->nnz);
-  }
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
-      sel->col[e] = (int32_t)(e - sel->row_ptr[r]);
-  return SR_OK;
-}
-
-sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const void *q,
-                                 const sr_summaries *sum, int top_chunks, sr_selection *sel) {
-  if (top_chunks < 3)
-    return sr__seterr(SR_ERR_CONFIG, "attention.top_chunks: %d is below 3", top_chunks);
-  SR_TRY(alloc_rows(p, sel));
-  const int64_t nqb = p->nqb_local, nkb = p->nkb_global;
-  const int64_t K = top_chunks < nkb ? top_chunks : nkb; /* an int: <= top_chunks */
-  sel->top_chunks = (int)K;
-  const int64_t rows = (int64_t)p->q_heads * nqb;
-  /* Row lengths are known before scoring: min(causal blocks, K). */
-  for (int64_t r = 0; r < rows; r++) {
-    int64_t qpos = sr_plan_qblock_global(p, p->rank, r % nqb) * p->bq;
-    int64_t causal = diag_block(p, qpos) + 1;
-    sel->row_ptr[r + 1] = sel->row_ptr[r] + (causal < K ? causal : K);
-  }
-  sel->nnz = sel->row_ptr[rows];
-  sel->col = sr__alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t));
-  /* Scores are computed a tile of q-blocks at a time to bound memory at long N. Means and
-   * scores live in backend memory; only the chosen ids come back to the host. */
-  const int64_t tile = 256;
-  float *qmean = NULL, *kmean = NULL, *scores = NULL;
-  int32_t *idx = sr__alloc((size_t)tile * (size_t)K * sizeof(int32_t));
-  int64_t *causal = sr__alloc((size_t)tile * sizeof(int64_t));
-  int32_t *keep = sr__alloc((size_t)tile * sizeof(int32_t));
-  sr_status st = SR_OK;
-  if (!sel->col || !idx || !causal || !keep) {
-    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Block-Sparse selection");
-    goto done;
-  }
-  const size_t kfl = (size_t)p->kv_heads * (size_t)nkb * (size_t)p->d;
-  if ((st = be->alloc((size_t)p->q_heads * (size_t)nqb * (size_t)p->d * sizeof(float),
-                      (void **)&qmean)) != SR_OK ||
-      (st = be->alloc(kfl * sizeof(float), (void **)&kmean)) != SR_OK ||
-      (st = be->alloc((size_t)tile * (size_t)nkb * sizeof(float), (void **)&scores)) != SR_OK ||
-      (st = be->copy_in(kmean, sum->kmean, kfl)) != SR_OK ||
-      (st = be->pool_mean(q, p->q_heads, p->n_local, p->d, p->bq, qmean)) != SR_OK)
-    goto done;
-  for (int h = 0; h < p->q_heads && st == SR_OK; h++) {
-    const float *kb = kmean + (size_t)(h / p->group) * (size_t)nkb * (size_t)p->d;
-    for (int64_t m0 = 0; m0 < nqb && st == SR_OK; m0 += tile) {
-      int64_t nt = nqb - m0 < tile ? nqb - m0 : tile;
-      /* Only causal blocks are candidates; future blocks would be -inf and never visited. */
-      for (int64_t i = 0; i < nt; i++) {
-        int64_t m = m0 + i, r = h * nqb + m;
-        causal[i] = diag_block(p, sr_plan_qblock_global(p, p->rank, m) * p->bq) + 1;
-        keep[i] = (int32_t)(sel->row_ptr[r + 1] - sel->row_ptr[r]);
-      }
-      st = be->block_scores(qmean + ((size_t)h * nqb + m0) * p->d, nt, kb, nkb, p->d, scores);
-      if (st == SR_OK) st = be->topk_rows(scores, nt, nkb, causal, keep, (int)K, idx);
-      for (int64_t i = 0; i < nt && st == SR_OK; i++)
-        memcpy(sel->col + sel->row_ptr[h * nqb + m0 + i], idx + (size_t)i * K,
-               (size_t)keep[i] * sizeof(int32_t));
-    }
-  }
-done:
-  be->free(qmean);
-  be->free(kmean);
-  be->free(scores);
-  sr__free(idx);
-  sr__free(causal);
-  sr__free(keep);
-  if (st != SR_OK) sr_selection_free(sel);
-  return st;
-}
-
-sr_status sr_summaries_gather(const sr_plan *p, const sr_backend *be, MPI_Comm comm,
-                              const void *k_local, sr_summaries *sum) {
-  *sum = (sr_summaries){.kv_heads = p->kv_heads, .d = p->d, .nkb = p->nkb_global};
-  const size_t local_floats = (size_t)p->kv_heads * (size_t)p->nkb_local * (size_t)p->d;
-  float *mine_dev = NULL;
-  float *mine = sr__alloc(local_floats * sizeof(float));
-  float *all = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
-  sum->kmean = sr__alloc(local_floats * (size_t)p->nranks * sizeof(float));
-  sr_status st = SR_OK;
-  if (!mine || !all || !sum->kmean)
-    st = sr__seterr(SR_ERR_NOMEM, "out of memory for key-block summaries");
-  if (st == SR_OK) st = be->alloc(local_floats * sizeof(float), (void **)&mine_dev);
-  if (st == SR_OK) st = be->pool_mean(k_local, p->kv_heads, p->n_local, p->d, p->bk, mine_dev);
-  if (st == SR_OK) st = be->copy_out(mine, mine_dev, local_floats);
-  be->free(mine_dev);
-  st = sr_comm_agree(comm, st);
-  /* Small (N/bk x kv_heads x d floats): host memory over MPI on every backend. */
-  /* An MPI count: sr_plan_init refuses block_sparse plans where it passes INT32_MAX
-   * ("summary floats per rank"); this stays as the check at the point of use. */
-  if (st == SR_OK && local_floats > (size_t)INT_MAX)
-    st = sr__seterr(SR_ERR_SHAPE, "key-block summaries of %zu bytes per rank are too large",
-                    local_floats * sizeof(float));
-  if (st == SR_OK)
-    st = sr__mpi_check(MPI_Allgather(mine, (int)local_floats, MPI_FLOAT, all, (int)local_floats,
-                                     MPI_FLOAT, comm),
-                       "MPI_Allgather(summaries)", __FILE__, __LINE__);
-  if (st == SR_OK) {
-    /* [rank][kv_head][local block][d] -> [kv_head][global block][d] */
-    for (int r = 0; r < p->nranks; r++)
-      for (int h = 0; h < p->kv_heads; h++)
-        for (int64_t b = 0; b < p->nkb_local; b++) {
-          int64_t j = sr_plan_kblock_global(p, r, b);
-          memcpy(sum->kmean + ((size_t)h * p->nkb_global + j) * p->d,
-                 all + (((size_t)r * p->kv_heads + h) * p->nkb_local + b) * p->d,
-                 (size_t)p->d * sizeof(float));
-        }
-  }
-  sr__free(mine);
-  sr__free(all);
-  if (st != SR_OK) sr_summaries_free(sum);
-  return st;
-}

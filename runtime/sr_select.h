@@ -20,6 +20,18 @@ typedef struct sr_selection {
   int32_t *col;       /* [nnz] global key-block ids */
   int64_t nnz;
   int top_chunks;     /* budget K actually used (block_sparse), 0 for dense */
+  /* Key columns (vertical_slash, flexprefill), a second CSR over the same rows; NULL/0 for
+   * methods that select whole blocks only. Every column of row (h, m) is a global key
+   * position before the q-block's first query and outside every block of the row, in
+   * ascending order, so it is visible to every query of the block. */
+  int64_t *vrow_ptr;  /* [q_heads*nqb + 1] or NULL */
+  int32_t *vcol;      /* [nv] global key positions */
+  int64_t nv;
+  /* What the method's own sparsity formula counts on this rank (docs/METHODS.md §3): for
+   * Vertical-Slash and FlexPrefill whole bq x bk tiles plus bq per column; summed over ranks
+   * by the caller. */
+  double paper_pairs;
+  double budget_v, budget_s; /* verticals / slashes per q-head, mean over q-heads (VS, Flex) */
 } sr_selection;
 
 /* Key-block summaries of the whole sequence, all-gathered: mean of each key block per kv-head,
@@ -48,6 +60,10 @@ double sr_block_sparse_sparsity(int64_t nblocks, int64_t k);
 int sr_block_sparse_budget(int64_t nblocks, double target);
 
 void sr_selection_free(sr_selection *sel);
+/* For the methods: zeroed row_ptr for this rank's rows (q_heads, nqb set). */
+sr_status sr__selection_alloc_rows(const sr_plan *p, sr_selection *sel);
+/* Last key block visible from the q-block starting at qpos (bq rows). */
+int64_t sr__diag_block(const sr_plan *p, int64_t qpos);
 
 
 

@@ -192,6 +192,7 @@ typedef struct vrow {
   int64_t lrow;      /* local row on this rank */
   int64_t sel_row;   /* selection row, -1 if none */
   int64_t cur;       /* cursor into sel->col while keys stream */
+  int64_t vcur;      /* cursor into sel->vcol (selections with key columns) */
   double m, l, lsel; /* online softmax state (logits already scaled) */
 } vrow;
 
@@ -241,27 +242,43 @@ static void stream_chunk(vrow *R, const double *q, double *acc, int d, int bk, d
       while (R->cur < sel_end && sel->col[R->cur] < b) R->cur++;
       in_sel = R->cur < sel_end && sel->col[R->cur] == b;
     }
-    double lseg = 0;
+    /* Outside the selected blocks, single key columns may be selected. */
+    const bool has_cols = !in_sel && R->sel_row >= 0 && sel->vrow_ptr;
+    const int64_t vend = has_cols ? sel->vrow_ptr[R->sel_row + 1] : 0;
+    double lseg = 0, lcol = 0;
     for (; j < seg_end; j++) {
       const double w = exp(sbuf[j - c0] - m);
       const double *v = vd + (size_t)(j - c0) * d;
       lseg += w;
       for (int x = 0; x < d; x++) acc[x] += w * v[x];
+      if (has_cols) {
+        while (R->vcur < vend && sel->vcol[R->vcur] < j) R->vcur++;
+        if (R->vcur < vend && sel->vcol[R->vcur] == j) lcol += w;
+      }
     }
     R->l += lseg;
     if (in_sel) R->lsel += lseg;
+    else R->lsel += lcol;
   }
 }
 
-/* Does the selection row list block b? */
-static bool sel_has(const sr_selection *sel, int64_t row, int64_t b) {
+/* Is key `key` (in key block b) selected in the row: its block, or it as a key column? */
+static bool sel_has(const sr_selection *sel, int64_t row, int64_t b, int64_t key) {
   int64_t lo = sel->row_ptr[row], hi = sel->row_ptr[row + 1];
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
     if (sel->col[mid] < b) lo = mid + 1;
     else hi = mid;
   }
-  return lo < sel->row_ptr[row + 1] && sel->col[lo] == b;
+  if (lo < sel->row_ptr[row + 1] && sel->col[lo] == b) return true;
+  if (!sel->vrow_ptr) return false;
+  lo = sel->vrow_ptr[row], hi = sel->vrow_ptr[row + 1];
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (sel->vcol[mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < sel->vrow_ptr[row + 1] && sel->vcol[lo] == key;
 }
 
 typedef struct vwork {
@@ -318,6 +335,7 @@ static sr_status verify_batch(const sr_config *cfg, const sr_plan *p, int layer,
     R[r].m = -INFINITY;
     R[r].l = R[r].lsel = 0;
     R[r].cur = R[r].sel_row >= 0 ? sel->row_ptr[R[r].sel_row] : 0;
+    R[r].vcur = R[r].sel_row >= 0 && sel->vrow_ptr ? sel->vrow_ptr[R[r].sel_row] : 0;
   }
 
   /* Keys 0..maxpos, each chunk generated once for the whole batch; rows whose position lies
@@ -415,7 +433,7 @@ static sr_status verify_batch(const sr_config *cfg, const sr_plan *p, int layer,
     for (int64_t i = 0; i < nn; i++) {
       const vrow *V = &R[w->nrow[i]];
       acc->needles[V->h]++;
-      if (V->sel_row >= 0 && sel_has(sel, V->sel_row, w->nbest_j[i] / p->bk))
+      if (V->sel_row >= 0 && sel_has(sel, V->sel_row, w->nbest_j[i] / p->bk, w->nbest_j[i]))
         acc->needle_hits[V->h]++;
       acc->needle_mass[V->h] += w->nmass[i];
     }

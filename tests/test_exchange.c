@@ -17,6 +17,7 @@
 #include "sr_exchange.h"
 #include "sr_plan.h"
 #include "sr_select.h"
+#include "sr_method.h"
 #include "sr_synth.h"
 #include "sr_test.h"
 
@@ -30,6 +31,8 @@
 static sr_world W;
 static uint64_t g_seed;
 
+static sr_method g_method = SR_METHOD_BLOCK_SPARSE;
+
 static void make_config(sr_config *cfg, sr_shard_scheme shard, double sparsity) {
   sr_config_defaults(cfg);
   cfg->q_heads = 4;
@@ -38,8 +41,9 @@ static void make_config(sr_config *cfg, sr_shard_scheme shard, double sparsity) 
   cfg->seq_len = 1536; /* 2P chunks of whole 16-blocks for P = 1..4 */
   cfg->block_q = cfg->block_k = 16;
   cfg->shard = shard;
-  cfg->method = SR_METHOD_BLOCK_SPARSE;
+  cfg->method = g_method;
   cfg->sparsity = sparsity;
+  cfg->last_q = 128;
   cfg->top_chunks = 0;
   cfg->seed = g_seed;
 }
@@ -48,7 +52,7 @@ typedef struct fixture {
   sr_config cfg;
   sr_plan p;
   float *q, *kv, *k, *v, *out, *lse;
-  sr_summaries sum;
+  void *mstate;
   sr_selection sel;
 } fixture;
 
@@ -79,9 +83,13 @@ static void setup_fixture(fixture *f, sr_shard_scheme shard, double sparsity, sr
   for (size_t i = 0; i < qf; i++) f->out[i] = NAN;
   for (size_t i = 0; i < (size_t)p->q_heads * p->n_local; i++) f->lse[i] = NAN;
   const sr_backend *be = sr_backend_cpu();
-  assert_int_equal(sr_summaries_gather(p, be, W.comm, f->k, &f->sum), SR_OK);
-  int K = sr_block_sparse_budget(p->nkb_global, sparsity);
-  assert_int_equal(sr_select_block_sparse(p, be, f->q, &f->sum, K, &f->sel), SR_OK);
+  /* Through the method table, as the run does. */
+  const sr_method_ops *m = sr_method_get(f->cfg.method);
+  sr_method_in in = {.cfg = &f->cfg, .p = p, .be = be, .comm = W.comm, .q = f->q, .k = f->k};
+  f->mstate = NULL;
+  if (m->summarise) assert_int_equal(m->summarise(&in, &f->mstate), SR_OK);
+  assert_int_equal(m->select(&in, f->mstate, &f->sel), SR_OK);
+  if (f->cfg.method == SR_METHOD_VERTICAL_SLASH) assert_non_null(f->sel.vrow_ptr);
 }
 
 static void free_fixture(fixture *f) {
@@ -89,7 +97,8 @@ static void free_fixture(fixture *f) {
   free(f->kv);
   free(f->out);
   free(f->lse);
-  sr_summaries_free(&f->sum);
+  const sr_method_ops *m = sr_method_get(f->cfg.method);
+  if (m->free_state) m->free_state(f->mstate);
   sr_selection_free(&f->sel);
   sr_config_free(&f->cfg);
 }
@@ -99,7 +108,7 @@ typedef struct check_ctx {
   sr_attend *att;
   const sr_xplan *x;
   const fixture *f;
-  int64_t slots_checked;
+  int64_t slots_checked, cols_checked;
 } check_ctx;
 
 static sr_status checking_step(void *ctx, int step, int src, const void *kp, const void *vp) {
@@ -120,6 +129,18 @@ static sr_status checking_step(void *ctx, int step, int src, const void *kp, con
         if (memcmp(want, v + slot * p->bk * p->d, (size_t)p->bk * p->d * 4) != 0) fail_msg("V slot differs");
         c->slots_checked++;
       }
+      /* Requested key columns follow the blocks: [K blocks][K columns] and the same for V. */
+      const int64_t nb = c->x->req_off[src + 1] - c->x->req_off[src];
+      for (int64_t i = c->x->creq_off ? c->x->creq_off[src] : 0;
+           c->x->creq_off && i < c->x->creq_off[src + 1]; i++) {
+        int64_t id = c->x->creq_ids[i], h = id / p->n, pos = id % p->n;
+        int64_t row = nb * p->bk + (i - c->x->creq_off[src]);
+        sr_synth_rows(&c->f->cfg, 0, 'k', (int)h, pos, 1, want);
+        if (memcmp(want, k + row * p->d, (size_t)p->d * 4) != 0) fail_msg("K column differs");
+        sr_synth_rows(&c->f->cfg, 0, 'v', (int)h, pos, 1, want);
+        if (memcmp(want, v + row * p->d, (size_t)p->d * 4) != 0) fail_msg("V column differs");
+        c->cols_checked++;
+      }
     } else {
       for (int h = 0; h < p->kv_heads; h++)
         for (int64_t b = 0; b < p->nkb_local; b++) {
@@ -139,6 +160,7 @@ static void check_output(const fixture *f) {
   const sr_plan *p = &f->p;
   double *kk = malloc((size_t)p->n * p->d * 8), *vv = malloc((size_t)p->n * p->d * 8);
   float *row = malloc((size_t)p->n * p->d * 4);
+  int64_t *keys = malloc((size_t)p->n * sizeof *keys);
   double worst = 0, lse_worst = 0;
   for (int h = 0; h < p->q_heads; h++) {
     int kvh = h / p->group;
@@ -151,18 +173,27 @@ static void check_output(const fixture *f) {
       int64_t pos = sr_plan_global_pos(p, p->rank, lr), m = lr / p->bq, r = h * p->nqb_local + m;
       const float *qr = f->q + ((size_t)h * p->n_local + lr) * p->d;
       double mx = -INFINITY, l = 0, acc[256] = {0};
+      /* The keys of the row: its blocks (causal part), then its key columns. */
+      int64_t nkeys = 0;
+      for (int64_t e = f->sel.row_ptr[r]; e < f->sel.row_ptr[r + 1]; e++)
+        for (int64_t key = (int64_t)f->sel.col[e] * p->bk; key < (f->sel.col[e] + 1) * p->bk; key++)
+          if (key <= pos) keys[nkeys++] = key;
+      if (f->sel.vrow_ptr)
+        for (int64_t e = f->sel.vrow_ptr[r]; e < f->sel.vrow_ptr[r + 1]; e++) {
+          if (f->sel.vcol[e] > pos) fail_msg("column %d is after query %lld", f->sel.vcol[e], (long long)pos);
+          keys[nkeys++] = f->sel.vcol[e];
+        }
       for (int pass = 0; pass < 2; pass++)
-        for (int64_t e = f->sel.row_ptr[r]; e < f->sel.row_ptr[r + 1]; e++)
-          for (int64_t key = (int64_t)f->sel.col[e] * p->bk; key < (f->sel.col[e] + 1) * p->bk; key++) {
-            if (key > pos) break;
-            double s = 0;
-            for (int d = 0; d < p->d; d++) s += (double)qr[d] * kk[key * p->d + d];
-            s /= sqrt((double)p->d);
-            if (pass == 0) { if (s > mx) mx = s; continue; }
-            double w = exp(s - mx);
-            l += w;
-            for (int d = 0; d < p->d; d++) acc[d] += w * vv[key * p->d + d];
-          }
+        for (int64_t t = 0; t < nkeys; t++) {
+          const int64_t key = keys[t];
+          double s = 0;
+          for (int d = 0; d < p->d; d++) s += (double)qr[d] * kk[key * p->d + d];
+          s /= sqrt((double)p->d);
+          if (pass == 0) { if (s > mx) mx = s; continue; }
+          double w = exp(s - mx);
+          l += w;
+          for (int d = 0; d < p->d; d++) acc[d] += w * vv[key * p->d + d];
+        }
       const float *o = f->out + ((size_t)h * p->n_local + lr) * p->d;
       for (int d = 0; d < p->d; d++) {
         double ref = acc[d] / l;
@@ -178,6 +209,7 @@ static void check_output(const fixture *f) {
   free(kk);
   free(vv);
   free(row);
+  free(keys);
   if (!(worst <= 1e-5) || !(lse_worst <= 1e-4))
     fail_msg("rank %d: rel err %.3e lse err %.3e vs restricted float64 reference", W.rank, worst, lse_worst);
 }
@@ -212,12 +244,38 @@ static void run_mode(sr_shard_scheme shard, double sparsity, sr_exchange_mode mo
         }
       }
     }
+  /* Columns: remote ones whose block is not fetched anyway, once per kv-head. */
+  uint64_t cols = 0;
+  if (f.sel.vrow_ptr && mode == SR_EXCHANGE_SELECTED) {
+    uint8_t *cneed = calloc((size_t)p->kv_heads * p->n, 1);
+    for (int h = 0; h < p->q_heads; h++)
+      for (int64_t m = 0; m < p->nqb_local; m++) {
+        int64_t r = h * p->nqb_local + m;
+        for (int64_t e = f.sel.vrow_ptr[r]; e < f.sel.vrow_ptr[r + 1]; e++) {
+          int64_t pos = f.sel.vcol[e], kvh = h / p->group;
+          if (sr_plan_owner_of_pos(p, pos) == W.rank || need[kvh * p->nkb_global + pos / p->bk])
+            continue;
+          if (!cneed[kvh * p->n + pos]) {
+            cneed[kvh * p->n + pos] = 1;
+            cols++;
+          }
+        }
+      }
+    free(cneed);
+  }
   free(need);
   uint64_t block_bytes = 2ull * p->bk * p->d * sizeof(float);
+  uint64_t col_bytes = 2ull * p->d * sizeof(float);
   uint64_t shard_bytes = 2ull * p->kv_heads * p->n_local * p->d * sizeof(float);
   if (mode == SR_EXCHANGE_SELECTED) {
-    assert_int_equal(x.bytes_recv, pairs * block_bytes);
+    assert_int_equal(x.bytes_recv, pairs * block_bytes + cols * col_bytes);
     assert_int_equal(c.slots_checked, (int64_t)pairs);
+    assert_int_equal(c.cols_checked, (int64_t)cols);
+    if (f.cfg.method == SR_METHOD_VERTICAL_SLASH && W.nranks > 1) {
+      uint64_t all = 0;
+      MPI_Allreduce(&cols, &all, 1, MPI_UINT64_T, MPI_SUM, W.comm);
+      if (all == 0) fail_msg("no key column travelled: the column exchange is not exercised");
+    }
   } else {
     assert_int_equal(x.bytes_recv, (uint64_t)(W.nranks - 1) * shard_bytes);
     assert_int_equal(x.bytes_sent, (uint64_t)(W.nranks - 1) * shard_bytes);
@@ -237,6 +295,7 @@ static void run_mode(sr_shard_scheme shard, double sparsity, sr_exchange_mode mo
 
 static void test_selected_vs_dense_ring(void **state) {
   (void)state;
+  g_method = SR_METHOD_BLOCK_SPARSE;
   const double sparsities[] = {0.5, 0.9};
   for (int s = 0; s < 2; s++)
     for (int shard = 0; shard < 2; shard++) {
@@ -254,13 +313,35 @@ static void test_selected_vs_dense_ring(void **state) {
     }
 }
 
+/* Vertical-Slash: tiles and key columns through the same exchange. */
+static void test_vertical_slash(void **state) {
+  (void)state;
+  g_method = SR_METHOD_VERTICAL_SLASH;
+  const double sparsities[] = {0.7, 0.95};
+  for (int s = 0; s < 2; s++)
+    for (int shard = 0; shard < 2; shard++) {
+      uint64_t rs, ss, rd, sd;
+      run_mode((sr_shard_scheme)shard, sparsities[s], SR_EXCHANGE_SELECTED, &rs, &ss);
+      run_mode((sr_shard_scheme)shard, sparsities[s], SR_EXCHANGE_DENSE_RING, &rd, &sd);
+      if (W.nranks > 1 && !(rs < rd))
+        fail_msg("VS sparsity %.2f: selected moved %llu bytes, not fewer than dense_ring %llu",
+                 sparsities[s], (unsigned long long)rs, (unsigned long long)rd);
+      if (W.rank == 0)
+        fprintf(stderr, "# VS np %d shard %s sparsity %.2f: selected %llu bytes, dense_ring %llu (%.3fx)\n",
+                W.nranks, sr_shard_name((sr_shard_scheme)shard), sparsities[s],
+                (unsigned long long)rs, (unsigned long long)rd, rd ? (double)rs / rd : 0.0);
+    }
+  g_method = SR_METHOD_BLOCK_SPARSE;
+}
+
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   if (sr_world_init(&W, MPI_COMM_WORLD) != SR_OK) return 1;
   g_seed = sr_test_seed("test_exchange");
   MPI_Bcast(&g_seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
   sr_cpu_set_threads(1);
-  const struct CMUnitTest tests[] = {cmocka_unit_test(test_selected_vs_dense_ring)};
+  const struct CMUnitTest tests[] = {cmocka_unit_test(test_selected_vs_dense_ring),
+                                     cmocka_unit_test(test_vertical_slash)};
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   int any = 0;
   MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

@@ -31,6 +31,7 @@
 /* Per-thread scratch, one allocation per thread per call. */
 typedef struct attn_scratch {
   float *qt, *st, *ot;     /* [d][bqp], [bk][bqp], [d][bqp]                         */
+  float *kc, *vc;          /* a column chunk's gathered K and V rows, [bk][d]       */
   float *m, *l;            /* running max (base 2) and sum, [bqp]                   */
   float *alpha, *inv;      /* rescale of the old output; 1/l at the end, [bqp]      */
   void *base;
@@ -39,7 +40,7 @@ typedef struct attn_scratch {
 /* Runs on a worker thread, so it leaves the message to the calling thread (sr__seterr keeps
  * one message per thread). */
 static sr_status attn_scratch_alloc(attn_scratch *w, int64_t d, int64_t bk, int64_t bqp) {
-  const size_t floats = (size_t)bqp * (size_t)(2 * d + bk + 4);
+  const size_t floats = (size_t)bqp * (size_t)(2 * d + bk + 4) + 2 * (size_t)bk * (size_t)d;
   w->base = sr__alloc(floats * sizeof(float));
   if (!w->base) return SR_ERR_NOMEM;
   float *p = w->base;
@@ -50,7 +51,9 @@ static sr_status attn_scratch_alloc(attn_scratch *w, int64_t d, int64_t bk, int6
   w->m = p, p += bqp;
   w->l = p, p += bqp;
   w->alpha = p, p += bqp;
-  w->inv = p;
+  w->inv = p, p += bqp;
+  w->kc = p, p += bk * d;
+  w->vc = p;
   return SR_OK;
 }
 
@@ -155,20 +158,37 @@ static void attn_row(const sr_attn_args *a, int h, int64_t mb, int64_t bqp, floa
   int first = 1; /* the first computed block overwrites the accumulator instead of rescaling */
   for (int64_t e = a->row_ptr[r]; e < e_end; e++) {
     const int64_t kp = a->kpos[e];
-    int64_t jn = bk;
-    if (a->kv_limit - kp < jn) jn = a->kv_limit - kp;
-    if (qlast + 1 - kp < jn) jn = qlast + 1 - kp;
-    if (jn <= 0) continue; /* entirely in the future or beyond the sequence end */
-    const float *kb = (const float *)a->k + (size_t)a->slot[e] * blk,
-                *vb = (const float *)a->v + (size_t)a->slot[e] * blk;
-    if (e + 1 < e_end) prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + 1] * blk,
-                     blk * 4);
+    int64_t jn = bk, key_minus_q, first_masked;
+    const float *kb, *vb;
+    if (kp < 0) {
+      /* A column chunk: gather its rows into a packed tile; every key is visible. */
+      jn = -kp;
+      const int32_t *rows = a->colrow + a->slot[e];
+      for (int64_t j = 0; j < jn; j++) {
+        memcpy(w->kc + j * d, (const float *)a->k + (size_t)rows[j] * (size_t)d,
+               (size_t)d * sizeof(float));
+        memcpy(w->vc + j * d, (const float *)a->v + (size_t)rows[j] * (size_t)d,
+               (size_t)d * sizeof(float));
+      }
+      kb = w->kc, vb = w->vc;
+      key_minus_q = -1; /* unused: nothing is masked */
+      first_masked = jn;
+    } else {
+      if (a->kv_limit - kp < jn) jn = a->kv_limit - kp;
+      if (qlast + 1 - kp < jn) jn = qlast + 1 - kp;
+      if (jn <= 0) continue; /* entirely in the future or beyond the sequence end */
+      kb = (const float *)a->k + (size_t)a->slot[e] * blk;
+      vb = (const float *)a->v + (size_t)a->slot[e] * blk;
+      if (e + 1 < e_end && a->kpos[e + 1] >= 0)
+        prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + 1] * blk,
+                       blk * 4);
+      /* Keys with kp + j > qfirst are in the future of the first lanes. */
+      key_minus_q = kp - qfirst;
+      first_masked = key_minus_q >= 1 ? 0 : 1 - key_minus_q;
+    }
 
     /* S^T[j][i] = sum_c K[j][c] * Qt[c][i]  (K read in place: row stride d). */
     sr__cpu_gemm_lanes(jn, L, d, kb, d, 1, w->qt, bqp, w->st, bqp, NULL, NULL);
-    /* Keys with kp + j > qfirst are in the future of the first lanes. */
-    const int64_t key_minus_q = kp - qfirst;
-    const int64_t first_masked = key_minus_q >= 1 ? 0 : 1 - key_minus_q;
     softmax_block(w->st, bqp, jn, L, first_masked, key_minus_q, w);
     if (rowmajor) /* O[i][c] = alpha[i] * O[i][c] + sum_j P^T[j][i] * V[j][c] */
       sr__cpu_gemm_lanes(qrows, d, jn, w->st, 1, bqp, vb, d, w->ot, d, NULL,
@@ -241,6 +261,7 @@ sr_status sr__cpu_attn_fwd(const sr_attn_args *a) {
   }
   if (nomem)
     return sr__seterr(SR_ERR_NOMEM, "attn_fwd: out of memory for per-thread scratch (%lld B)",
-                      (long long)((size_t)bqp * (size_t)(2 * a->d + a->bk + 4) * 4));
+                      (long long)(((size_t)bqp * (size_t)(2 * a->d + a->bk + 4) +
+                                   2 * (size_t)a->bk * (size_t)a->d) * 4));
   return SR_OK;
 }

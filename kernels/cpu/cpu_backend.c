@@ -223,6 +223,10 @@ static sr_status cpu_gather(void *dst, const void *pool, const int32_t *slots, i
 
 static sr_status cpu_sync(void) { return SR_OK; }
 
+static sr_status cpu_unstore(float *dst, const void *src, size_t n) {
+  return cpu_copy(dst, src, n);
+}
+
 static int cmp_i32(const void *a, const void *b) {
   const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
   return (x > y) - (x < y);
@@ -260,6 +264,7 @@ static const sr_backend sr__cpu_backend = {
     .copy_in = cpu_copy,
     .copy_out = cpu_copy,
     .gather = cpu_gather,
+    .unstore = cpu_unstore,
     .sync = cpu_sync,
     .topk_rows = cpu_topk_rows,
     .attn_fwd = sr__cpu_attn_fwd,
@@ -267,6 +272,10 @@ static const sr_backend sr__cpu_backend = {
     .pool_mean = cpu_pool_mean,
     .block_scores = cpu_block_scores,
     .topk = cpu_topk,
+    .est_scores = sr__cpu_est_scores,
+    .est_rowmax = sr__cpu_est_rowmax,
+    .est_rowsum = sr__cpu_est_rowsum,
+    .est_accum = sr__cpu_est_accum,
 };
 
 const sr_backend *sr_backend_cpu(void) { return &sr__cpu_backend; }

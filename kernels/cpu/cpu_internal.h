@@ -36,6 +36,17 @@ int sr__cpu_threads(void);
 
 /* The attn_fwd entry of the table (cpu_attn.c). */
 sr_status sr__cpu_attn_fwd(const sr_attn_args *a);
+/* The estimate entries of the table (cpu_estimate.c). */
+sr_status sr__cpu_est_scores(const float *qw, int W, int64_t qpos0, const void *k, int64_t nk,
+                             const int64_t *run_start, int64_t run_len, int d, float scale,
+                             float *L);
+sr_status sr__cpu_est_rowmax(const float *L, int W, int64_t nk, float *max_host);
+sr_status sr__cpu_est_rowsum(const float *L, int W, int64_t nk, const float *gmax,
+                             int64_t *sum);
+sr_status sr__cpu_est_accum(const float *L, int W, int64_t nk, int64_t qpos0,
+                            const int64_t *run_start, int64_t run_len, const float *gmax,
+                            const float *inv, int round_bf16, int64_t n, int64_t *vert,
+                            int64_t *slash);
 
 /*
  * C[r][l] = f * C[r][l] + sum_{k < kn} A(r, k) * B[k][l]   for r < rows, l < lanes,
