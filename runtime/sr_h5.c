@@ -44,7 +44,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SR_H5_FORMAT "sparsering-1"
+#define SR_H5_FORMAT "sparsering-2" /* 2: selection/col_indptr, col_indices */
 #define SR_H5_MSG_LEN 1024
 #define SR_H5_RESERVE_BYTES (1 << 20)
 
@@ -924,8 +924,11 @@ static sr_status check_selection(const sr_h5_out *f, const char *obj, const sr_p
   return SR_OK;
 }
 
-sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
-                                const sr_selection *sel) {
+/* Collective. One CSR over the selection's rows (row_ptr/idx/nnz: this rank's local rows) as
+ * the datasets <grp>/<ptr_name> (int64, global rows) and <grp>/<idx_name> (int32). */
+static sr_status write_csr(sr_h5_out *f, int layer, const sr_plan *p, const sr_selection *sel,
+                           const int64_t *row_ptr, const int32_t *idx, int64_t nnz,
+                           const char *ptr_name, const char *idx_name) {
   SR_ASSERT(f != NULL);
   sr_status st = SR_OK;
   hid_t g = H5I_INVALID_HID, dptr = H5I_INVALID_HID, didx = H5I_INVALID_HID;
@@ -934,7 +937,7 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
   int64_t *counts = NULL, *all_counts = NULL, *indptr = NULL;
   char obj[128], grp[96];
   snprintf(grp, sizeof grp, "/layers/%d/selection", layer);
-  snprintf(obj, sizeof obj, "%s/indices", grp);
+  snprintf(obj, sizeof obj, "%s/%s", grp, idx_name);
 
   if (layer < 0) st = sr__seterr(SR_ERR_INTERNAL, "%s: selection for layer %d", f->partial, layer);
   if (st == SR_OK) st = check_selection(f, grp, p, sel);
@@ -953,7 +956,7 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
 
   /* Every rank learns every row's length, then computes the same global row pointer. Local
    * row h*nqb_local + m of rank r is global row h*nqb_global + qblock_global(r, m). */
-  for (int64_t r = 0; r < rows_local; r++) counts[r] = sel->row_ptr[r + 1] - sel->row_ptr[r];
+  for (int64_t r = 0; r < rows_local; r++) counts[r] = row_ptr[r + 1] - row_ptr[r];
   int rc = MPI_Allgather(counts, (int)rows_local, MPI_INT64_T, all_counts, (int)rows_local,
                          MPI_INT64_T, f->comm);
   if (rc != MPI_SUCCESS) st = sr__h5_mpi_fail(rc, "MPI_Allgather (selection row lengths)");
@@ -968,16 +971,16 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
   int64_t nnz_total = indptr[rows_global];
 
   hsize_t ptr_dims[1] = {(hsize_t)rows_global + 1}, idx_dims[1] = {(hsize_t)nnz_total};
-  hsize_t nnz_local[1] = {(hsize_t)sel->nnz};
+  hsize_t nnz_local[1] = {(hsize_t)nnz};
   st = ensure_group(f->file, f->gcpl, f->partial, grp, &g);
   if (st == SR_OK) {
     char ptr_obj[112];
-    snprintf(ptr_obj, sizeof ptr_obj, "%s/indptr", grp);
-    st = open_or_create(g, f->dcpl, f->partial, ptr_obj, "indptr", H5T_STD_I64LE, 1, ptr_dims,
+    snprintf(ptr_obj, sizeof ptr_obj, "%s/%s", grp, ptr_name);
+    st = open_or_create(g, f->dcpl, f->partial, ptr_obj, ptr_name, H5T_STD_I64LE, 1, ptr_dims,
                         &dptr);
   }
   if (st == SR_OK)
-    st = open_or_create(g, f->dcpl, f->partial, obj, "indices", H5T_STD_I32LE, 1, idx_dims,
+    st = open_or_create(g, f->dcpl, f->partial, obj, idx_name, H5T_STD_I32LE, 1, idx_dims,
                         &didx);
   if (st == SR_OK) st = attr_i64_at(g, f->partial, grp, "q_heads", p->q_heads);
   if (st == SR_OK) st = attr_i64_at(g, f->partial, grp, "nqb", p->nqb_global);
@@ -996,7 +999,7 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
   if (st == SR_OK) {
     if ((fs_idx = H5Dget_space(didx)) < 0 || H5Sselect_none(fs_idx) < 0 ||
         (ms_idx = H5Screate_simple(1, nnz_local, NULL)) < 0 ||
-        (sel->nnz == 0 && H5Sselect_none(ms_idx) < 0))
+        (nnz == 0 && H5Sselect_none(ms_idx) < 0))
       st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "selection");
     int64_t run_start = 0, run_end = 0;
     for (int h = 0; st == SR_OK && h < p->q_heads; h++)
@@ -1026,7 +1029,7 @@ sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
    * rank knows nnz_total, so all skip the write together. */
   if (nnz_total > 0 &&
       H5Dwrite(didx, H5T_NATIVE_INT32, ms_idx, fs_idx, f->dxpl,
-               sel->nnz > 0 ? (const void *)sel->col : (const void *)&dummy) < 0)
+               nnz > 0 ? (const void *)idx : (const void *)&dummy) < 0)
     st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
   st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
 
@@ -1042,6 +1045,19 @@ done:
   free(all_counts);
   free(counts);
   return st;
+}
+
+sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,
+                                const sr_selection *sel) {
+  SR_ASSERT(f != NULL);
+  SR_TRY(write_csr(f, layer, p, sel, sel ? sel->row_ptr : NULL, sel ? sel->col : NULL,
+                   sel ? sel->nnz : 0, "indptr", "indices"));
+  /* Key columns (vertical_slash, flexprefill): the same rows, global key positions. Every rank
+   * has the same method, so all write them or none. */
+  if (sel->vrow_ptr)
+    SR_TRY(write_csr(f, layer, p, sel, sel->vrow_ptr, sel->vcol, sel->nv, "col_indptr",
+                     "col_indices"));
+  return SR_OK;
 }
 
 /* Collective. One attribute on the root (layer < 0) or on /layers/<layer>: a number of file type

@@ -2,7 +2,7 @@
  * sr_h5.h — parallel HDF5 (collective MPI-IO) output and input of sharded rows.
  *
  * Output file layout (docs/HDF5.md is the exact schema; docs/CHECKPOINT.md the checkpoint):
- *   /                         attrs: format = "sparsering-1", version, config (YAML text),
+ *   /                         attrs: format = "sparsering-2", version, config (YAML text),
  *                                    config_hash (u64), complete (int, 1, written last)
  *   /layers/<l>/out           float32 [q_heads][N][d]
  *   /layers/<l>/lse           float32 [q_heads][N]      (natural log)

@@ -3,6 +3,7 @@
  * rank map), one aligned row per layer, a summary, and the same numbers as JSON (cJSON).
  */
 #include "sr_run.h"
+#include "sr_method.h"
 #include "sr_internal.h"
 
 #include <cjson/cJSON.h>
@@ -65,6 +66,11 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
           cfg->block_k);
   if (cfg->method == SR_METHOD_BLOCK_SPARSE)
     fprintf(f, ", top_chunks %d%s", K, cfg->top_chunks == 0 ? " (from target sparsity)" : "");
+  if ((cfg->method == SR_METHOD_VERTICAL_SLASH || cfg->method == SR_METHOD_FLEXPREFILL) &&
+      res->layers > 0)
+    fprintf(f, ", last_q %d, verticals %.1f, slashes %.1f per q-head (mean)%s", cfg->last_q,
+            res->layer[0].budget_v, res->layer[0].budget_s,
+            cfg->method == SR_METHOD_FLEXPREFILL ? " by coverage" : "");
   fprintf(f, "; exchange %s; input %s\n", sr_exchange_name(cfg->exchange),
           cfg->input_source == SR_INPUT_HDF5 ? cfg->input_path : "synthetic");
   if (res->rank_map) {
@@ -99,6 +105,8 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
   fprintf(f, "#\n# bytes moved: %.6f GB (%s) vs %.6f GB for dense_ring = %.4fx\n",
           gb(s.bytes_sent), sr_exchange_name(cfg->exchange), gb(s.bytes_dense_ring),
           s.bytes_dense_ring ? (double)s.bytes_sent / (double)s.bytes_dense_ring : 0.0);
+  fprintf(f, "# selection: %s per (q-head, q-block); paper formula %s\n",
+          sr_method_get(cfg->method)->selects, sr_method_get(cfg->method)->formula);
   fprintf(f, "# sparsity: paper formula %.4f, measured (uncomputed causal pairs) %.4f\n",
           res->layers ? res->layer[0].sparsity_paper : 0.0,
           s.pairs_causal ? 1.0 - (double)s.pairs_computed / (double)s.pairs_causal : 0.0);
@@ -127,6 +135,11 @@ static cJSON *layer_json(const sr_layer_result *r, int l) {
   cJSON_AddNumberToObject(o, "bytes_recv_max_rank", (double)r->bytes_recv_max);
   cJSON_AddNumberToObject(o, "blocks_fetched", (double)r->blocks_fetched);
   cJSON_AddNumberToObject(o, "selected_blocks", (double)r->nnz_blocks);
+  cJSON_AddNumberToObject(o, "selected_columns", (double)r->nnz_columns);
+  cJSON_AddNumberToObject(o, "columns_fetched", (double)r->columns_fetched);
+  cJSON_AddNumberToObject(o, "budget_verticals", r->budget_v);
+  cJSON_AddNumberToObject(o, "budget_slashes", r->budget_s);
+  cJSON_AddNumberToObject(o, "paper_pairs", r->paper_pairs);
   cJSON_AddNumberToObject(o, "top_chunks", r->top_chunks);
   cJSON_AddNumberToObject(o, "sparsity_paper", r->sparsity_paper);
   cJSON_AddNumberToObject(o, "sparsity_measured", r->sparsity_measured);

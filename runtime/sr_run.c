@@ -498,6 +498,11 @@ static void layer_from_json(const char *text, const sr_plan *p, sr_layer_result 
   r->bytes_recv_max = (uint64_t)NUM("bytes_recv_max_rank");
   r->blocks_fetched = (uint64_t)NUM("blocks_fetched");
   r->nnz_blocks = (uint64_t)NUM("selected_blocks");
+  r->nnz_columns = (uint64_t)NUM("selected_columns");
+  r->columns_fetched = (uint64_t)NUM("columns_fetched");
+  r->budget_v = NUM("budget_verticals");
+  r->budget_s = NUM("budget_slashes");
+  r->paper_pairs = NUM("paper_pairs");
   r->top_chunks = (int)NUM("top_chunks");
   r->sparsity_paper = NUM("sparsity_paper");
   r->sparsity_measured = NUM("sparsity_measured");

@@ -69,3 +69,27 @@ foreach(preset ${SR_PRESETS})
   set_tests_properties(config_preset_${pname} PROPERTIES LABELS config ENVIRONMENT "${SR_MPI_ENV}"
                        PASS_REGULAR_EXPRESSION "seq_len:")
 endforeach()
+
+# Vertical-Slash and FlexPrefill (global estimate, tiles + key columns): the selection is
+# identical and the output agrees on 1..4 ranks and with either shard scheme.
+set(SR_E2E_VS_ARGS -q -f --set seq_len=3072 --set model.layers=1 --set model.q_heads=4
+    --set model.kv_heads=2 --set attention.block_q=16 --set attention.block_k=16
+    --set attention.last_q=128 --set attention.verticals=48 --set attention.slashes=96
+    --set attention.alpha=0.3 --set attention.min_budget=64 --set verify.rows=8)
+foreach(method vertical_slash flexprefill)
+  foreach(shard zigzag contiguous)
+    foreach(np 1 2 3 4)
+      sr_mpi_test(e2e_${method}_${shard}_np${np} NP ${np}
+                  COMMAND $<TARGET_FILE:sparsering_cli> ${SR_E2E_VS_ARGS} --set attention.method=${method}
+                          --set shard=${shard} -o ${SR_E2E_DIR}/${method}_${shard}_np${np}.h5 LABELS e2e)
+      set_tests_properties(e2e_${method}_${shard}_np${np} PROPERTIES FIXTURES_SETUP e2e_${method})
+      if(NOT (np EQUAL 1 AND shard STREQUAL "zigzag"))
+        add_test(NAME e2e_${method}_${shard}_agree_np${np}
+                 COMMAND h5cmp ${SR_E2E_DIR}/${method}_zigzag_np1.h5
+                         ${SR_E2E_DIR}/${method}_${shard}_np${np}.h5 1 1e-6)
+        set_tests_properties(e2e_${method}_${shard}_agree_np${np} PROPERTIES
+                             FIXTURES_REQUIRED e2e_${method} LABELS e2e)
+      endif()
+    endforeach()
+  endforeach()
+endforeach()

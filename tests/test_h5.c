@@ -466,7 +466,7 @@ static void test_attributes(void **state) {
   double dv = 0;
   uint64_t hv = 0;
   int32_t complete = 0;
-  ALL_TRUE(plain_attr_str_is(path, "/", "format", "sparsering-1"));
+  ALL_TRUE(plain_attr_str_is(path, "/", "format", "sparsering-2"));
   ALL_TRUE(plain_attr_str_is(path, "/", "version", sr_version()));
   ALL_TRUE(plain_attr_str_is(path, "/", "config", yaml));
   ALL_TRUE(plain_attr(path, "/", "config_hash", H5T_NATIVE_UINT64, &hv) && hv == hash);
