@@ -16,6 +16,17 @@
  * never read: the loaders zero-fill those rows instead. Query rows past nq (the tail of a
  * partial last q-block) are zero-filled and never written.
  *
+ * Column chunks (kpos[e] < 0; Vertical-Slash / FlexPrefill columns): cnt = -kpos[e] keys,
+ * 1 <= cnt <= bk, whose K/V rows are the pool rows colrow[slot[e] + j] (row r at k + r*d),
+ * j < cnt. Every version supports them the same way: the loaders gather the rows into the
+ * same packed tile a block would fill (sr_load_rows: cp.async 16-byte chunks per row, rows
+ * j >= cnt zero-filled), and the mask treats the chunk as a block whose keys all lie before
+ * the first query (no causal part, no kv_limit) with cnt valid keys: columns j >= cnt are
+ * -inf for every row, nothing else is masked, so a full chunk (cnt = bk) takes the unmasked
+ * path. The chunk's row indices are prefetched into L1 an iteration ahead
+ * (sr_prefetch_cols), so the gather does not wait on L2 for its addresses. Block entries
+ * run exactly as before (same loads, masks and arithmetic).
+ *
  * Softmax: online, in base 2: scores are multiplied by scale*log2(e) and exponentiated with
  * ex2.approx; the running max m and sum l are per row. A row that has seen no visible key
  * keeps m = -inf; its exponent reference is then 0 instead of m, so exp2(-inf - 0) = 0 and
@@ -65,6 +76,7 @@ typedef struct sr_attn_dev {
   const sr_bf16 *q, *k, *v;
   const int64_t *qpos, *row_ptr, *kpos;
   const int32_t *slot;
+  const int32_t *colrow; /* pool rows of the column chunks (kpos < 0); unused without them */
   float *out, *lse;
 } sr_attn_dev;
 
@@ -79,9 +91,11 @@ static __device__ __forceinline__ void sr_row_of(const sr_attn_dev &a, int t, in
   h = t % a.q_heads;
 }
 
-/* Keys of entry e that some row of the block can see: min(bk, kv_limit - kp, qlast + 1 - kp). */
+/* Keys of entry e that some row of the block can see: min(bk, kv_limit - kp, qlast + 1 - kp)
+ * for a block, cnt = -kp for a column chunk (all of its keys are visible to every row). */
 static __device__ __forceinline__ int64_t sr_visible_keys(const sr_attn_dev &a, int64_t kp,
                                                           int64_t qlast) {
+  if (kp < 0) return -kp;
   int64_t jn = a.bk;
   if (a.kv_limit - kp < jn) jn = a.kv_limit - kp;
   if (qlast + 1 - kp < jn) jn = qlast + 1 - kp;
@@ -166,6 +180,76 @@ static __device__ __forceinline__ void sr_load_tile(sr_bf16 *sm, const sr_bf16 *
   }
 }
 
+/* Rows of an entry's K/V tile that hold keys (the rest are zero-filled): a block's keys before
+ * kv_limit, or a column chunk's cnt = -kp. Uniform across the CTA. */
+template <int BK>
+static __device__ __forceinline__ int sr_entry_valid(const sr_attn_dev &a, int64_t kp) {
+  if (kp < 0) return (int)-kp;
+  return (int)(a.kv_limit - kp < BK ? a.kv_limit - kp : BK);
+}
+
+/* The gathered form of sr_load_tile: tile row r is pool row rows[r] (d = D values at
+ * pool + rows[r]*D), r < valid; rows >= valid are zero-filled. A warp's copies cover
+ * RPW = 32/CPR rows per round and IT rounds, so it needs at most 32 indices: lane l loads the
+ * index of the warp's row l (one load per thread, all issued at once), and each round takes
+ * its row's index from that lane by a shuffle. Every thread of the CTA must call it. */
+template <int R, int D, int NT>
+static __device__ __forceinline__ void sr_load_rows(sr_bf16 *sm, const sr_bf16 *pool,
+                                                    const int32_t *rows, int valid) {
+  constexpr int CPR = D / 8, RPW = 32 / CPR, IT = R * CPR / NT;
+  static_assert((R * CPR) % NT == 0 && 32 % CPR == 0, "tile chunks must divide among the threads");
+  static_assert(IT * RPW <= 32, "a warp's rows must fit its lanes");
+  const int lane = (int)threadIdx.x & 31, w = (int)threadIdx.x >> 5;
+  int32_t mine = 0;
+  {
+    const int r = (lane / RPW) * (NT / CPR) + w * RPW + lane % RPW; /* round lane/RPW */
+    if (lane < IT * RPW && r < valid) mine = rows[r];
+  }
+#pragma unroll
+  for (int it = 0; it < IT; it++) {
+    const int x = it * NT + (int)threadIdx.x;
+    const int r = x / CPR, cc = x % CPR;
+    const int32_t row = __shfl_sync(0xffffffffu, mine, it * RPW + lane / CPR);
+    const bool ok = r < valid;
+    sr_cp_async16(sr_smem_u32(sm + sr_swz<R>(r, cc * 8)),
+                  ok ? (const void *)(pool + (size_t)row * D + cc * 8) : (const void *)pool,
+                  ok ? 16 : 0);
+  }
+}
+
+/* Issues the copies of entry e's K or V tile (pool = a.k or a.v): a block (slot e at
+ * pool + slot*BK*D, rows from kv_limit on zero-filled) or a column chunk (gathered rows). */
+template <int R, int D, int NT>
+static __device__ __forceinline__ void sr_load_kv(sr_bf16 *sm, const sr_attn_dev &a,
+                                                  const sr_bf16 *pool, int64_t e) {
+  const int64_t kp = a.kpos[e];
+  if (kp < 0)
+    sr_load_rows<R, D, NT>(sm, pool, a.colrow + a.slot[e], (int)-kp);
+  else
+    sr_load_tile<R, D, NT>(sm, pool + (size_t)a.slot[e] * ((size_t)R * D),
+                           sr_entry_valid<R>(a, kp));
+}
+
+/* Brings the row indices of entry e into L1 when it is a column chunk, ahead of the iteration
+ * that loads its tile, so that the loader's index reads do not wait for L2 (one 128-byte line
+ * per thread, the first (cnt + 31) / 32 + 1 threads; the last covers a line crossing). */
+static __device__ __forceinline__ void sr_prefetch_cols(const sr_attn_dev &a, int64_t e) {
+  const int64_t kp = a.kpos[e];
+  if (kp >= 0) return;
+  const int t = (int)threadIdx.x, cnt = (int)-kp;
+  if (t * 32 <= cnt + 31) {
+    const int off = t * 32 < cnt ? t * 32 : cnt - 1;
+    asm volatile("prefetch.global.L1 [%0];\n" ::"l"(a.colrow + a.slot[e] + off));
+  }
+}
+
+/* Mask parameters of an entry's S tile: whether any element needs masking, and dk (key
+ * position minus the first query's) for the causal part. A column chunk masks only its
+ * columns j >= cnt; dk = -BK puts all its keys before every query row. */
+#define SR_MASK_NEEDED(kp, qfirst, valid, BK, kv_limit)                                            \
+  ((kp) < 0 ? (valid) < (BK) : ((kp) + (BK) - 1 > (qfirst) || (kp) + (BK) > (kv_limit)))
+#define SR_MASK_DK(kp, qfirst, BK) ((kp) < 0 ? -(BK) : (int)((kp) - (qfirst)))
+
 /* ---- generic: any shape -------------------------------------------------------------- */
 
 #define SR_GEN_WARPS 4
@@ -197,18 +281,26 @@ static __global__ void __launch_bounds__(SR_GEN_WARPS * 32) sr_attn_generic(sr_a
     for (int64_t e = e0; e < e1; e++) {
       const int64_t kp = a.kpos[e];
       int64_t jn = a.bk;
-      if (a.kv_limit - kp < jn) jn = a.kv_limit - kp;
-      if (qp + 1 - kp < jn) jn = qp + 1 - kp;
-      const sr_bf16 *kb = a.k + (size_t)a.slot[e] * blk, *vb = a.v + (size_t)a.slot[e] * blk;
+      const int32_t *crow = NULL; /* a column chunk's pool rows */
+      if (kp < 0) {
+        jn = -kp;
+        crow = a.colrow + a.slot[e];
+      } else {
+        if (a.kv_limit - kp < jn) jn = a.kv_limit - kp;
+        if (qp + 1 - kp < jn) jn = qp + 1 - kp;
+      }
+      const size_t base = (size_t)a.slot[e] * blk;
       for (int64_t j = 0; j < jn; j++) {
+        const size_t ro = crow ? (size_t)crow[j] * (size_t)d : base + (size_t)j * d;
+        const sr_bf16 *kr = a.k + ro, *vr = a.v + ro;
         float s = 0.0f;
-        for (int c = lane; c < d; c += 32) s += qs[c] * __bfloat162float(kb[j * d + c]);
+        for (int c = lane; c < d; c += 32) s += qs[c] * __bfloat162float(kr[c]);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         const float mn = fmaxf(m, s);
         const float alpha = sr_ex2(m - mn), p = sr_ex2(s - mn);
         l = l * alpha + p;
-        for (int c = lane; c < d; c += 32) acc[c] = acc[c] * alpha + p * __bfloat162float(vb[j * d + c]);
+        for (int c = lane; c < d; c += 32) acc[c] = acc[c] * alpha + p * __bfloat162float(vr[c]);
         m = mn;
       }
     }
@@ -243,16 +335,14 @@ static __global__ void __launch_bounds__(BQ * 2) sr_attn_mma(sr_attn_dev a) {
   const int64_t qfirst = a.qpos[mb], qlast = qfirst + qrows - 1;
   const int64_t r = (int64_t)h * a.nqb + mb, e_end = a.row_ptr[r + 1];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c4 = lane & 3;
-  const size_t blk = (size_t)BK * D;
 
   int64_t e = sr_next_entry(a, a.row_ptr[r], e_end, qlast);
   sr_load_tile<BQ, D, NT>(Qs, a.q + ((size_t)h * a.nq + i0) * D, qrows);
   sr_cp_async_commit();
   if (e < e_end) {
-    const int64_t kp = a.kpos[e];
-    const int valid = (int)(a.kv_limit - kp < BK ? a.kv_limit - kp : BK);
-    sr_load_tile<BK, D, NT>(Ks, a.k + (size_t)a.slot[e] * blk, valid);
-    if (!PIPE) sr_load_tile<BK, D, NT>(Vs, a.v + (size_t)a.slot[e] * blk, valid);
+    sr_load_kv<BK, D, NT>(Ks, a, a.k, e);
+    if (!PIPE) sr_load_kv<BK, D, NT>(Vs, a, a.v, e);
+    if (e + 1 < e_end) sr_prefetch_cols(a, e + 1);
   }
   sr_cp_async_commit();
   sr_cp_async_wait<1>();
@@ -277,13 +367,14 @@ static __global__ void __launch_bounds__(BQ * 2) sr_attn_mma(sr_attn_dev a) {
 
   while (e < e_end) {
     const int64_t kp = a.kpos[e];
-    const int valid = (int)(a.kv_limit - kp < BK ? a.kv_limit - kp : BK);
+    const int valid = sr_entry_valid<BK>(a, kp);
     sr_cp_async_wait<0>();
     __syncthreads(); /* K (and V) of e are in; every warp is done with the previous V */
     if (PIPE) {
-      sr_load_tile<BK, D, NT>(Vs, a.v + (size_t)a.slot[e] * blk, valid);
+      sr_load_kv<BK, D, NT>(Vs, a, a.v, e);
       sr_cp_async_commit();
     }
+    if (e + 2 < e_end) sr_prefetch_cols(a, e + 2); /* the next entry's K loads in this one */
 
     /* S = Q . K^T: ldmatrix.x4 of K gives the b fragments of two n8 tiles for one k16. */
     float s[NT8][4];
@@ -302,9 +393,10 @@ static __global__ void __launch_bounds__(BQ * 2) sr_attn_mma(sr_attn_dev a) {
         }
     }
 
-    /* Mask future keys and keys past kv_limit (only blocks that have such keys). */
-    if (kp + BK - 1 > qfirst || kp + BK > a.kv_limit) {
-      const int dk = (int)(kp - qfirst); /* in (-BK, BQ): the block is not skipped */
+    /* Mask future keys and keys past kv_limit (only blocks that have such keys), and the
+     * empty columns of a partial column chunk. */
+    if (SR_MASK_NEEDED(kp, qfirst, valid, BK, a.kv_limit)) {
+      const int dk = SR_MASK_DK(kp, qfirst, BK); /* in [-BK, BQ): the block is not skipped */
 #pragma unroll
       for (int j = 0; j < NT8; j++)
 #pragma unroll
@@ -320,9 +412,7 @@ static __global__ void __launch_bounds__(BQ * 2) sr_attn_mma(sr_attn_dev a) {
     }
     const int64_t en = sr_next_entry(a, e + 1, e_end, qlast);
     if (PIPE && en < e_end) {
-      const int64_t kpn = a.kpos[en];
-      const int vn = (int)(a.kv_limit - kpn < BK ? a.kv_limit - kpn : BK);
-      sr_load_tile<BK, D, NT>(Ks, a.k + (size_t)a.slot[en] * blk, vn);
+      sr_load_kv<BK, D, NT>(Ks, a, a.k, en);
       sr_cp_async_commit();
     }
 
@@ -379,10 +469,8 @@ static __global__ void __launch_bounds__(BQ * 2) sr_attn_mma(sr_attn_dev a) {
     if (!PIPE) {
       __syncthreads(); /* every warp is done with K and V of e */
       if (en < e_end) {
-        const int64_t kpn = a.kpos[en];
-        const int vn = (int)(a.kv_limit - kpn < BK ? a.kv_limit - kpn : BK);
-        sr_load_tile<BK, D, NT>(Ks, a.k + (size_t)a.slot[en] * blk, vn);
-        sr_load_tile<BK, D, NT>(Vs, a.v + (size_t)a.slot[en] * blk, vn);
+        sr_load_kv<BK, D, NT>(Ks, a, a.k, en);
+        sr_load_kv<BK, D, NT>(Vs, a, a.v, en);
         sr_cp_async_commit();
       }
     }
@@ -515,7 +603,6 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma(sr_attn_dev a)
   const int64_t r = (int64_t)h * a.nqb + mb, e_end = a.row_ptr[r + 1];
   const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c4 = lane & 3;
-  const size_t blk = (size_t)BK * D;
 
   /* Prologue: Q, then entries 0 and 1 into buffers 0 and 1, one commit group each (groups may
    * be empty, so the count of outstanding groups is always the same). */
@@ -525,11 +612,10 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma(sr_attn_dev a)
 #pragma unroll
   for (int b = 0; b < 2; b++) {
     if (ef < e_end) {
-      const int64_t kp = a.kpos[ef];
-      const int valid = (int)(a.kv_limit - kp < BK ? a.kv_limit - kp : BK);
-      sr_load_tile<BK, D, NT>(Ks + b * BK * D, a.k + (size_t)a.slot[ef] * blk, valid);
-      sr_load_tile<BK, D, NT>(Vs + b * BK * D, a.v + (size_t)a.slot[ef] * blk, valid);
+      sr_load_kv<BK, D, NT>(Ks + b * BK * D, a, a.k, ef);
+      sr_load_kv<BK, D, NT>(Vs + b * BK * D, a, a.v, ef);
       ef = sr_next_entry(a, ef + 1, e_end, qlast);
+      if (ef < e_end) sr_prefetch_cols(a, ef);
     }
     sr_cp_async_commit();
   }
@@ -544,7 +630,7 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma(sr_attn_dev a)
 
   while (e < e_end) {
     const int64_t kp = a.kpos[e];
-    const int valid = (int)(a.kv_limit - kp < BK ? a.kv_limit - kp : BK);
+    const int valid = sr_entry_valid<BK>(a, kp);
     sr_cp_async_wait<1>();   /* this entry's group (and Q) have landed for this thread ... */
     sr_fence_proxy_async();  /* ... and are visible to the tensor cores' async proxy ...    */
     __syncthreads();         /* ... for every thread's copies                                */
@@ -568,8 +654,8 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma(sr_attn_dev a)
     for (int i = 0; i < NS; i++) sr_wg_pin(s[i]);
 
     /* Accumulator layout: s[4i + x] is row w4*16 + g + (x/2)*8, column 8i + 2*c4 + x%2. */
-    if (kp + BK - 1 > qfirst || kp + BK > a.kv_limit) {
-      const int dk = (int)(kp - qfirst);
+    if (SR_MASK_NEEDED(kp, qfirst, valid, BK, a.kv_limit)) {
+      const int dk = SR_MASK_DK(kp, qfirst, BK);
 #pragma unroll
       for (int i = 0; i < NS; i++) {
         const int row = wg * 64 + w4 * 16 + g + ((i >> 1) & 1) * 8;
@@ -627,11 +713,10 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma(sr_attn_dev a)
 
     __syncthreads(); /* every warpgroup is done with buffer buf */
     if (ef < e_end) {
-      const int64_t kpf = a.kpos[ef];
-      const int vf = (int)(a.kv_limit - kpf < BK ? a.kv_limit - kpf : BK);
-      sr_load_tile<BK, D, NT>(Ks + buf * BK * D, a.k + (size_t)a.slot[ef] * blk, vf);
-      sr_load_tile<BK, D, NT>(Vs + buf * BK * D, a.v + (size_t)a.slot[ef] * blk, vf);
+      sr_load_kv<BK, D, NT>(Ks + buf * BK * D, a, a.k, ef);
+      sr_load_kv<BK, D, NT>(Vs + buf * BK * D, a, a.v, ef);
       ef = sr_next_entry(a, ef + 1, e_end, qlast);
+      if (ef < e_end) sr_prefetch_cols(a, ef);
     }
     sr_cp_async_commit();
     buf ^= 1;
@@ -695,7 +780,6 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_pipe(sr_attn_d
   const int64_t r = (int64_t)h * a.nqb + mb, e_end = a.row_ptr[r + 1];
   const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c4 = lane & 3;
-  const size_t blk = (size_t)BK * D;
 
   /* The window of entries: win[i] = e_{j+i}, i = 0..NST (win[0] is the current entry). */
   int64_t win[NST + 1];
@@ -703,16 +787,13 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_pipe(sr_attn_d
 #pragma unroll
   for (int i = 1; i <= NST; i++)
     win[i] = win[i - 1] < e_end ? sr_next_entry(a, win[i - 1] + 1, e_end, qlast) : e_end;
-#define SR_VALID(e) ((int)(a.kv_limit - a.kpos[e] < BK ? a.kv_limit - a.kpos[e] : BK))
+  if (win[NST] < e_end) sr_prefetch_cols(a, win[NST]);
   /* Prologue group i holds K_i and V_{i-1} (group 0 also Q): what iteration i reads. */
   sr_load_tile<BQ, D, NT>(Qs, a.q + ((size_t)h * a.nq + i0) * D, qrows);
 #pragma unroll
   for (int i = 0; i < NST; i++) {
-    if (win[i] < e_end)
-      sr_load_tile<BK, D, NT>(Ks + i * BK * D, a.k + (size_t)a.slot[win[i]] * blk, SR_VALID(win[i]));
-    if (i > 0 && win[i - 1] < e_end)
-      sr_load_tile<BK, D, NT>(Vs + (i - 1) * BK * D, a.v + (size_t)a.slot[win[i - 1]] * blk,
-                              SR_VALID(win[i - 1]));
+    if (win[i] < e_end) sr_load_kv<BK, D, NT>(Ks + i * BK * D, a, a.k, win[i]);
+    if (i > 0 && win[i - 1] < e_end) sr_load_kv<BK, D, NT>(Vs + (i - 1) * BK * D, a, a.v, win[i - 1]);
     sr_cp_async_commit();
   }
 
@@ -731,7 +812,7 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_pipe(sr_attn_d
   int ks = 0, vs = NST - 1; /* stages of K_j and V_{j-1} */
   for (; win[0] < e_end; j++) {
     const int64_t kp = a.kpos[win[0]];
-    const int valid = SR_VALID(win[0]);
+    const int valid = sr_entry_valid<BK>(a, kp);
     sr_cp_async_wait<NST - 1>();
     sr_fence_proxy_async();
     __syncthreads(); /* K_j and V_{j-1} have landed */
@@ -765,8 +846,8 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_pipe(sr_attn_d
 #pragma unroll
     for (int i = 0; i < NS; i++) sr_wg_pin(s[i]);
 
-    if (kp + BK - 1 > qfirst || kp + BK > a.kv_limit) {
-      const int dk = (int)(kp - qfirst);
+    if (SR_MASK_NEEDED(kp, qfirst, valid, BK, a.kv_limit)) {
+      const int dk = SR_MASK_DK(kp, qfirst, BK);
 #pragma unroll
       for (int i = 0; i < NS; i++) {
         const int row = wg * 64 + w4 * 16 + g + ((i >> 1) & 1) * 8;
@@ -814,20 +895,16 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_pipe(sr_attn_d
     }
 
     __syncthreads(); /* every warpgroup is done with K[ks] and V[vs] */
-    if (win[NST] < e_end)
-      sr_load_tile<BK, D, NT>(Ks + ks * BK * D, a.k + (size_t)a.slot[win[NST]] * blk,
-                              SR_VALID(win[NST]));
-    if (win[NST - 1] < e_end)
-      sr_load_tile<BK, D, NT>(Vs + vs * BK * D, a.v + (size_t)a.slot[win[NST - 1]] * blk,
-                              SR_VALID(win[NST - 1]));
+    if (win[NST] < e_end) sr_load_kv<BK, D, NT>(Ks + ks * BK * D, a, a.k, win[NST]);
+    if (win[NST - 1] < e_end) sr_load_kv<BK, D, NT>(Vs + vs * BK * D, a, a.v, win[NST - 1]);
     sr_cp_async_commit();
 #pragma unroll
     for (int i = 0; i < NST; i++) win[i] = win[i + 1];
     win[NST] = win[NST] < e_end ? sr_next_entry(a, win[NST] + 1, e_end, qlast) : e_end;
+    if (win[NST] < e_end) sr_prefetch_cols(a, win[NST]); /* its K loads next iteration */
     vs = ks; /* V_j is in stage j%NST, where K_j was */
     ks = ks + 1 == NST ? 0 : ks + 1;
   }
-#undef SR_VALID
 
   if (j > 0) { /* the last block's P.V */
     sr_cp_async_wait<0>();
@@ -944,8 +1021,7 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_persist(sr_att
   sr_bf16 *Vs = Ks + 2 * BK * D;
   const int wg = threadIdx.x >> 7, w4 = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c4 = lane & 3;
-  const size_t blk = (size_t)BK * D;
-#define SR_VALID(e) ((int)(a.kv_limit - a.kpos[e] < BK ? a.kv_limit - a.kpos[e] : BK))
+#define SR_VALID(e) sr_entry_valid<BK>(a, a.kpos[e])
   /* Issues the Q load of p's row (when p starts it, i.e. its row differs from prev's). */
 #define SR_LOAD_Q(p, prev_t)                                                                       \
   do {                                                                                             \
@@ -961,11 +1037,12 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_persist(sr_att
   sr_spos n2 = sr_stream_next<BQ, D, NT>(a, rows, n1);
   if (cur.t >= rows) return;
   SR_LOAD_Q(cur, -1);
-  sr_load_tile<BK, D, NT>(Ks, a.k + (size_t)a.slot[cur.e] * blk, SR_VALID(cur.e));
+  sr_load_kv<BK, D, NT>(Ks, a, a.k, cur.e);
   sr_cp_async_commit();
   SR_LOAD_Q(n1, cur.t);
-  if (n1.t < rows) sr_load_tile<BK, D, NT>(Ks + BK * D, a.k + (size_t)a.slot[n1.e] * blk, SR_VALID(n1.e));
-  sr_load_tile<BK, D, NT>(Vs, a.v + (size_t)a.slot[cur.e] * blk, SR_VALID(cur.e));
+  if (n1.t < rows) sr_load_kv<BK, D, NT>(Ks + BK * D, a, a.k, n1.e);
+  sr_load_kv<BK, D, NT>(Vs, a, a.v, cur.e);
+  if (n2.t < rows) sr_prefetch_cols(a, n2.e);
   sr_cp_async_commit();
 
   float o[NO];
@@ -1048,8 +1125,8 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_persist(sr_att
       m[0] = m[1] = -INFINITY;
       l[0] = l[1] = 0.0f;
     }
-    if (kp + BK - 1 > rw.qfirst || kp + BK > a.kv_limit) {
-      const int dk = (int)(kp - rw.qfirst);
+    if (SR_MASK_NEEDED(kp, rw.qfirst, valid, BK, a.kv_limit)) {
+      const int dk = SR_MASK_DK(kp, rw.qfirst, BK);
 #pragma unroll
       for (int i = 0; i < NS; i++) {
         const int row = wg * 64 + w4 * 16 + g + ((i >> 1) & 1) * 8;
@@ -1098,16 +1175,14 @@ static __global__ void __launch_bounds__(BQ * 2, 1) sr_attn_wgmma_persist(sr_att
 
     __syncthreads(); /* every warpgroup is done with K[j%2], V[(j-1)%2] and cur's old Q buffer */
     SR_LOAD_Q(n2, n1.t);
-    if (n2.t < rows)
-      sr_load_tile<BK, D, NT>(Ks + (j & 1) * BK * D, a.k + (size_t)a.slot[n2.e] * blk, SR_VALID(n2.e));
-    if (n1.t < rows)
-      sr_load_tile<BK, D, NT>(Vs + ((j + 1) & 1) * BK * D, a.v + (size_t)a.slot[n1.e] * blk,
-                              SR_VALID(n1.e));
+    if (n2.t < rows) sr_load_kv<BK, D, NT>(Ks + (j & 1) * BK * D, a, a.k, n2.e);
+    if (n1.t < rows) sr_load_kv<BK, D, NT>(Vs + ((j + 1) & 1) * BK * D, a, a.v, n1.e);
     sr_cp_async_commit();
     prev_t = cur.t;
     cur = n1;
     n1 = n2;
     n2 = sr_stream_next<BQ, D, NT>(a, rows, n2);
+    if (n2.t < rows) sr_prefetch_cols(a, n2.e);
   }
 
   /* The last entry's P.V, then the last row's output. */

@@ -8,7 +8,8 @@
  * v5, 2 stages, elsewhere) when this build holds sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a)
  * and the device is a Hopper, else the mma.sync kernel (v3); any other shape runs the generic
  * kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
- * compute stream.
+ * compute stream. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
+ * the choice does not depend on them; colrow travels with the other CSR lists.
  */
 #include "sr_attn_kernels.cuh"
 #include "sr_cuda_internal.h"
@@ -139,13 +140,16 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
   dv.v = (const sr_bf16 *)a->v;
   dv.out = a->out;
   dv.lse = a->lse;
-  sr_cuda_piece pc[4] = {
+  dv.colrow = NULL;
+  const size_t ncol = a->colrow && a->ncolrow > 0 ? (size_t)a->ncolrow : 0;
+  sr_cuda_piece pc[5] = {
       {a->qpos, (size_t)a->nqb * sizeof(int64_t), (void **)&dv.qpos},
       {a->row_ptr, (size_t)(rows + 1) * sizeof(int64_t), (void **)&dv.row_ptr},
       {a->kpos, (size_t)nnz * sizeof(int64_t), (void **)&dv.kpos},
       {a->slot, (size_t)nnz * sizeof(int32_t), (void **)&dv.slot},
+      {a->colrow, ncol * sizeof(int32_t), (void **)&dv.colrow},
   };
-  SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, 4));
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, ncol ? 5 : 4));
 
   cudaStream_t st = sr__cuda_compute_stream();
   const unsigned grid = (unsigned)rows;

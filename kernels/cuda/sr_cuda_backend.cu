@@ -1,7 +1,8 @@
 /*
  * sr_cuda_backend.cu — the CUDA backend table: device binding, the compute stream, memory
  * ops (bf16 storage, fp32 everything computed) and the small compute ops (merge, pooling,
- * block scores, Block-Sparse top-k rows). Attention itself is in sr_cuda_attn.cu.
+ * block scores, Block-Sparse top-k rows, the Vertical-Slash / FlexPrefill estimate). Attention
+ * itself is in sr_cuda_attn.cu.
  *
  * Every op is issued on the one compute stream. Ops that return data to the host (copy_out,
  * topk_rows) or take host data the caller may free (store, copy_in) wait for the stream;
@@ -38,6 +39,8 @@ static struct {
   size_t scratch_cap[SR_SCRATCH_N];
   int32_t *topk_host; /* pinned: top-k ids on their way back */
   size_t topk_host_cap;
+  void *est_host;     /* pinned: estimate sums and maxima on their way back */
+  size_t est_host_cap;
   sr_backend table;
 } G;
 
@@ -148,6 +151,30 @@ static sr_status cuda_store(void *dst, const float *src, size_t n) {
     SR_CUDA_LAUNCHED("store: f32 -> bf16");
   }
   return cuda_sync(); /* the caller may free src now */
+}
+
+static __global__ void k_bf16_to_f32(float *dst, const sr_bf16 *src, size_t n) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (size_t)gridDim.x * blockDim.x)
+    dst[i] = __bfloat162float(src[i]);
+}
+
+/* Device bf16 -> host fp32, a chunk at a time widened into a device fp32 scratch area and
+ * copied out (the stream orders each chunk's copy before the next chunk's kernel). */
+static sr_status cuda_unstore(float *dst, const void *src, size_t n) {
+  if (n == 0) return cuda_sync();
+  if (!dst || !src) return sr__seterr(SR_ERR_INTERNAL, "unstore: NULL buffer");
+  const size_t chunk = (size_t)1 << 22;
+  for (size_t off = 0; off < n; off += chunk) {
+    const size_t m = n - off < chunk ? n - off : chunk;
+    void *tmp = NULL;
+    SR_TRY(sr__cuda_scratch(SR_SCRATCH_STORE, m * sizeof(float), &tmp));
+    const unsigned blocks = (unsigned)((m + 255) / 256 < 4096 ? (m + 255) / 256 : 4096);
+    k_bf16_to_f32<<<blocks, 256, 0, G.stream>>>((float *)tmp, (const sr_bf16 *)src + off, m);
+    SR_CUDA_LAUNCHED("unstore: bf16 -> f32");
+    SR_CUDA(cudaMemcpyAsync(dst + off, tmp, m * sizeof(float), cudaMemcpyDeviceToHost, G.stream));
+  }
+  return cuda_sync();
 }
 
 static sr_status cuda_copy_in(float *dst, const float *src, size_t n) {
@@ -475,6 +502,445 @@ static sr_status cuda_topk(const float *x, int64_t n, int k, int32_t *idx) {
   return sr_backend_cpu()->topk(x, n, k, idx);
 }
 
+/* ---- Vertical-Slash / FlexPrefill estimate ------------------------------------------------ */
+
+/*
+ * The four ops of kernels.h, for one q-head. Every output value is computed in an order that
+ * does not depend on nk or on the launch shape, so the same keys give the same bits however
+ * they are split over ranks (and over calls):
+ *   est_scores  one thread per L element, dims in ascending order (fmaf chain), then * scale;
+ *   est_rowmax  max over the row (exact in any order), merged with atomicMax on an
+ *               order-preserving integer key;
+ *   est_rowsum, est_accum  fixed-point int64 sums (integer addition is associative), merged
+ *               with 64-bit integer atomics.
+ * Device sums go back through a pinned host buffer; the ops that return host data wait.
+ */
+
+/* fix(x) = (int64)(x * 2^32 + 0.5), in double from the float x (x * 2^32 is exact, so a
+ * fused multiply-add rounds as the two operations do). */
+static __device__ __forceinline__ unsigned long long est_fix(float x) {
+  return (unsigned long long)(long long)((double)x * 4294967296.0 + 0.5);
+}
+
+/* Global position of local key j. */
+static __device__ __forceinline__ int64_t est_pos(const int64_t *run_start, int64_t run_len,
+                                                  int64_t j) {
+  return run_start[j / run_len] + j % run_len;
+}
+
+/* A pinned host buffer of at least `bytes` for results on their way back. */
+static sr_status est_host_buf(size_t bytes, void **p) {
+  if (G.est_host_cap < bytes) {
+    SR_CUDA(cudaStreamSynchronize(G.stream));
+    SR_CUDA(cudaFreeHost(G.est_host));
+    G.est_host = NULL;
+    G.est_host_cap = 0;
+    const size_t cap = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes + bytes / 4;
+    if (cudaMallocHost(&G.est_host, cap) != cudaSuccess)
+      return sr__seterr(SR_ERR_NOMEM, "estimate: out of pinned host memory (%zu bytes)", cap);
+    G.est_host_cap = cap;
+  }
+  *p = G.est_host;
+  return SR_OK;
+}
+
+/* Checks the run layout of the keys; *nruns receives the number of run_start entries used. */
+static sr_status est_runs_check(const char *op, int64_t nk, const int64_t *run_start,
+                                int64_t run_len, int64_t *nruns) {
+  if (run_len <= 0 || !run_start)
+    return sr__seterr(SR_ERR_SHAPE, "%s: bad key runs (run_len %lld, run_start %s)", op,
+                      (long long)run_len, run_start ? "set" : "NULL");
+  *nruns = (nk + run_len - 1) / run_len;
+  for (int64_t r = 0; r < *nruns; r++)
+    if (run_start[r] < 0)
+      return sr__seterr(SR_ERR_SHAPE, "%s: run %lld starts at %lld", op, (long long)r,
+                        (long long)run_start[r]);
+  return SR_OK;
+}
+
+/* L = scale * qw . k^T with the causal mask: a 128 x 128 tile per CTA, 256 threads holding
+ * 8 x 8 outputs each (rows ty*4 + {0..3} and 64 + ty*4 + {0..3}, the same for columns with
+ * tx), dims through shared memory 8 at a time (stored [dim][row]: float4 reads, broadcast
+ * for the rows), double-buffered, the next 8 dims fetched into registers during the FMAs.
+ * Each thread loads 4 consecutive dims of one q row and of one key row per stage. */
+#define ES_T 128
+#define ES_KD 8
+
+template <bool VEC>
+static __device__ __forceinline__ void es_fetch(const float *arow, const sr_bf16 *brow, bool aok,
+                                                bool bok, int c, int d, float ra[4],
+                                                float rb[4]) {
+  if (VEC) { /* d % 4 == 0 and c % 4 == 0: c < d covers all four; rows 16/8-byte aligned */
+    const bool in = c < d;
+    const float4 av = aok && in ? *(const float4 *)(arow + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    ra[0] = av.x, ra[1] = av.y, ra[2] = av.z, ra[3] = av.w;
+    const uint2 bv = bok && in ? *(const uint2 *)(brow + c) : make_uint2(0u, 0u);
+    rb[0] = __uint_as_float(bv.x << 16), rb[1] = __uint_as_float(bv.x & 0xffff0000u);
+    rb[2] = __uint_as_float(bv.y << 16), rb[3] = __uint_as_float(bv.y & 0xffff0000u);
+  } else {
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const bool in = c + u < d;
+      ra[u] = aok && in ? arow[c + u] : 0.0f;
+      rb[u] = bok && in ? __bfloat162float(brow[c + u]) : 0.0f;
+    }
+  }
+}
+
+template <bool VEC>
+static __global__ void __launch_bounds__(256) k_est_scores(const float *qw, int W,
+                                                           const sr_bf16 *k, int64_t nk, int d,
+                                                           float scale, int64_t qpos0,
+                                                           const int64_t *run_start,
+                                                           int64_t run_len, float *L) {
+  __shared__ __align__(16) float As[2][ES_KD][ES_T];
+  __shared__ __align__(16) float Bs[2][ES_KD][ES_T];
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int i0 = blockIdx.y * ES_T;
+  const int64_t j0 = (int64_t)blockIdx.x * ES_T;
+  const int lr = tid >> 1, lc = (tid & 1) * 4;
+  const bool aok = i0 + lr < W, bok = j0 + lr < nk;
+  const float *arow = qw + (size_t)(aok ? i0 + lr : 0) * (size_t)d;
+  const sr_bf16 *brow = k + (size_t)(bok ? j0 + lr : 0) * (size_t)d;
+  float ra[4], rb[4];
+  es_fetch<VEC>(arow, brow, aok, bok, lc, d, ra, rb);
+#pragma unroll
+  for (int u = 0; u < 4; u++) As[0][lc + u][lr] = ra[u], Bs[0][lc + u][lr] = rb[u];
+  __syncthreads();
+  float acc[8][8];
+#pragma unroll
+  for (int i = 0; i < 8; i++)
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[i][j] = 0.0f;
+  int cur = 0;
+  for (int k0 = 0; k0 < d; k0 += ES_KD) {
+    const bool more = k0 + ES_KD < d;
+    if (more) es_fetch<VEC>(arow, brow, aok, bok, k0 + ES_KD + lc, d, ra, rb);
+#pragma unroll
+    for (int kk = 0; kk < ES_KD; kk++) {
+      const float4 a0 = *(const float4 *)&As[cur][kk][ty * 4];
+      const float4 a1 = *(const float4 *)&As[cur][kk][64 + ty * 4];
+      const float4 b0 = *(const float4 *)&Bs[cur][kk][tx * 4];
+      const float4 b1 = *(const float4 *)&Bs[cur][kk][64 + tx * 4];
+      const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int i = 0; i < 8; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < 4; u++) As[cur ^ 1][lc + u][lr] = ra[u], Bs[cur ^ 1][lc + u][lr] = rb[u];
+    }
+    __syncthreads();
+    cur ^= 1;
+  }
+  int64_t pj[8];
+#pragma unroll
+  for (int j = 0; j < 8; j++) {
+    const int64_t col = j0 + (j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4);
+    pj[j] = col < nk ? est_pos(run_start, run_len, col) : 0;
+  }
+  const bool vec_store = ((uintptr_t)L & 15) == 0 && nk % 4 == 0 && j0 + ES_T <= nk;
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const int row = i0 + (i < 4 ? ty * 4 + i : 64 + ty * 4 + i - 4);
+    if (row >= W) continue;
+    const int64_t qp = qpos0 + row;
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) v[j] = pj[j] > qp ? -INFINITY : scale * acc[i][j];
+    float *dst = L + (size_t)row * (size_t)nk + j0;
+    if (vec_store) {
+      *(float4 *)(dst + tx * 4) = make_float4(v[0], v[1], v[2], v[3]);
+      *(float4 *)(dst + 64 + tx * 4) = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; j++) {
+        const int c = j < 4 ? tx * 4 + j : 64 + tx * 4 + j - 4;
+        if (j0 + c < nk) dst[c] = v[j];
+      }
+    }
+  }
+}
+
+static sr_status cuda_est_scores(const float *qw, int W, int64_t qpos0, const void *k, int64_t nk,
+                                 const int64_t *run_start, int64_t run_len, int d, float scale,
+                                 float *L) {
+  if (W < 0 || nk < 0 || d <= 0 || qpos0 < 0)
+    return sr__seterr(SR_ERR_SHAPE, "est_scores: bad shape W=%d nk=%lld d=%d qpos0=%lld", W,
+                      (long long)nk, d, (long long)qpos0);
+  if (W == 0 || nk == 0) return SR_OK;
+  if (!qw || !k || !L) return sr__seterr(SR_ERR_INTERNAL, "est_scores: NULL buffer");
+  int64_t nruns = 0;
+  SR_TRY(est_runs_check("est_scores", nk, run_start, run_len, &nruns));
+  const int64_t gx = (nk + ES_T - 1) / ES_T, gy = ((int64_t)W + ES_T - 1) / ES_T;
+  if (gx > INT32_MAX || gy > 65535)
+    return sr__seterr(SR_ERR_SHAPE, "est_scores: W=%d x nk=%lld is too large", W, (long long)nk);
+  int64_t *drs = NULL;
+  sr_cuda_piece pc = {run_start, (size_t)nruns * sizeof(int64_t), (void **)&drs};
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_EST, &pc, 1));
+  const dim3 grid((unsigned)gx, (unsigned)gy);
+  const bool vec = d % 4 == 0 && (uintptr_t)qw % 16 == 0 && (uintptr_t)k % 8 == 0;
+  if (vec)
+    k_est_scores<true><<<grid, 256, 0, G.stream>>>(qw, W, (const sr_bf16 *)k, nk, d, scale, qpos0,
+                                                   drs, run_len, L);
+  else
+    k_est_scores<false><<<grid, 256, 0, G.stream>>>(qw, W, (const sr_bf16 *)k, nk, d, scale,
+                                                    qpos0, drs, run_len, L);
+  SR_CUDA_LAUNCHED("est_scores");
+  return SR_OK;
+}
+
+/* Row reductions: a (split, row) grid; each CTA reduces a contiguous range of its row and
+ * merges it with one atomic. */
+#define ER_THREADS 256
+
+/* Splits of a row so that the grid has about 1024 CTAs, each at least 4096 keys. */
+static int64_t est_row_split(int W, int64_t nk, int64_t *per) {
+  int64_t splits = (nk + 4095) / 4096;
+  const int64_t want = (1024 + W - 1) / W;
+  if (splits > want) splits = want;
+  if (splits < 1) splits = 1;
+  *per = (nk + splits - 1) / splits;
+  return (nk + *per - 1) / *per;
+}
+
+/* Order-preserving key of a non-NaN float (-0 as +0); 0 is below every key (no value). */
+static __device__ __forceinline__ uint32_t est_max_key(float v) {
+  if (v == 0.0f) v = 0.0f;
+  const uint32_t b = __float_as_uint(v);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+static float est_max_value(uint32_t key) {
+  if (key == 0) return -INFINITY;
+  const uint32_t b = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+  float v;
+  memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+static __global__ void __launch_bounds__(ER_THREADS) k_est_rowmax(const float *L, int64_t nk,
+                                                                  int64_t per, uint32_t *keys) {
+  __shared__ float part[ER_THREADS / 32];
+  const int64_t i = blockIdx.y, a = (int64_t)blockIdx.x * per;
+  const int64_t b = a + per < nk ? a + per : nk;
+  const float *row = L + (size_t)i * (size_t)nk;
+  float m = -INFINITY;
+#pragma unroll 4
+  for (int64_t j = a + threadIdx.x; j < b; j += ER_THREADS) m = fmaxf(m, row[j]); /* NaN ignored */
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < ER_THREADS / 32; w++) m = fmaxf(m, part[w]);
+    atomicMax(&keys[i], est_max_key(m));
+  }
+}
+
+static sr_status cuda_est_rowmax(const float *L, int W, int64_t nk, float *max_host) {
+  if (W < 0 || nk < 0 || W > 65535)
+    return sr__seterr(SR_ERR_SHAPE, "est_rowmax: bad shape W=%d nk=%lld", W, (long long)nk);
+  if (W == 0) return SR_OK;
+  if (!max_host) return sr__seterr(SR_ERR_INTERNAL, "est_rowmax: NULL buffer");
+  if (nk == 0) {
+    for (int i = 0; i < W; i++) max_host[i] = -INFINITY;
+    return SR_OK;
+  }
+  if (!L) return sr__seterr(SR_ERR_INTERNAL, "est_rowmax: NULL buffer");
+  uint32_t *dkeys = NULL;
+  void *host = NULL;
+  SR_TRY(sr__cuda_scratch(SR_SCRATCH_EST_OUT, (size_t)W * sizeof(uint32_t), (void **)&dkeys));
+  SR_TRY(est_host_buf((size_t)W * sizeof(uint32_t), &host));
+  SR_CUDA(cudaMemsetAsync(dkeys, 0, (size_t)W * sizeof(uint32_t), G.stream));
+  int64_t per = 0;
+  const int64_t splits = est_row_split(W, nk, &per);
+  k_est_rowmax<<<dim3((unsigned)splits, (unsigned)W), ER_THREADS, 0, G.stream>>>(L, nk, per, dkeys);
+  SR_CUDA_LAUNCHED("est_rowmax");
+  SR_CUDA(cudaMemcpyAsync(host, dkeys, (size_t)W * sizeof(uint32_t), cudaMemcpyDeviceToHost,
+                          G.stream));
+  SR_TRY(cuda_sync());
+  for (int i = 0; i < W; i++) max_host[i] = est_max_value(((const uint32_t *)host)[i]);
+  return SR_OK;
+}
+
+static __global__ void __launch_bounds__(ER_THREADS) k_est_rowsum(const float *L, int64_t nk,
+                                                                  int64_t per, const float *gmax,
+                                                                  unsigned long long *sums) {
+  __shared__ unsigned long long part[ER_THREADS / 32];
+  const int64_t i = blockIdx.y, a = (int64_t)blockIdx.x * per;
+  const float g = gmax[i];
+  if (g == -INFINITY) return; /* the row's sum stays 0 */
+  const int64_t b = a + per < nk ? a + per : nk;
+  const float *row = L + (size_t)i * (size_t)nk;
+  unsigned long long s = 0;
+#pragma unroll 4
+  for (int64_t j = a + threadIdx.x; j < b; j += ER_THREADS) s += est_fix(expf(row[j] - g));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < ER_THREADS / 32; w++) s += part[w];
+    if (s) atomicAdd(&sums[i], s);
+  }
+}
+
+static sr_status cuda_est_rowsum(const float *L, int W, int64_t nk, const float *gmax_host,
+                                 int64_t *sum_host) {
+  if (W < 0 || nk < 0 || W > 65535)
+    return sr__seterr(SR_ERR_SHAPE, "est_rowsum: bad shape W=%d nk=%lld", W, (long long)nk);
+  if (W == 0) return SR_OK;
+  if (!sum_host || !gmax_host) return sr__seterr(SR_ERR_INTERNAL, "est_rowsum: NULL buffer");
+  if (nk == 0) {
+    for (int i = 0; i < W; i++) sum_host[i] = 0;
+    return SR_OK;
+  }
+  if (!L) return sr__seterr(SR_ERR_INTERNAL, "est_rowsum: NULL buffer");
+  float *dg = NULL;
+  unsigned long long *dsum = NULL;
+  void *host = NULL;
+  sr_cuda_piece pc = {gmax_host, (size_t)W * sizeof(float), (void **)&dg};
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_EST, &pc, 1));
+  SR_TRY(sr__cuda_scratch(SR_SCRATCH_EST_OUT, (size_t)W * sizeof(int64_t), (void **)&dsum));
+  SR_TRY(est_host_buf((size_t)W * sizeof(int64_t), &host));
+  SR_CUDA(cudaMemsetAsync(dsum, 0, (size_t)W * sizeof(int64_t), G.stream));
+  int64_t per = 0;
+  const int64_t splits = est_row_split(W, nk, &per);
+  k_est_rowsum<<<dim3((unsigned)splits, (unsigned)W), ER_THREADS, 0, G.stream>>>(L, nk, per, dg,
+                                                                                  dsum);
+  SR_CUDA_LAUNCHED("est_rowsum");
+  SR_CUDA(cudaMemcpyAsync(host, dsum, (size_t)W * sizeof(int64_t), cudaMemcpyDeviceToHost,
+                          G.stream));
+  SR_TRY(cuda_sync());
+  memcpy(sum_host, host, (size_t)W * sizeof(int64_t));
+  return SR_OK;
+}
+
+/*
+ * Vertical and slash sums: one CTA per 64 keys, walking all W rows 64 at a time. Each 64 x 64
+ * chunk of fix(A) goes to shared memory (row stride 65: the diagonal walk is conflict-free);
+ * then thread t adds half of column t%64 into its register (the vertical sum of a column is
+ * owned by one CTA: no atomics, one store at the end) and thread t < 127 walks diagonal
+ * il - jl = t - 63, where consecutive elements share the slash offset o = qpos0 + i - pos(j)
+ * as long as the keys' positions are consecutive; it adds them up and flushes the sum with
+ * one 64-bit atomic whenever o changes (a run boundary, or the end of the diagonal).
+ * Slash offsets are stored relative to o_lo, the smallest offset these keys can produce.
+ */
+#define EA_T 64
+#define EA_THREADS 128
+
+static __device__ __forceinline__ void ea_flush(unsigned long long *slash, int64_t o_lo,
+                                                int64_t o_n, int64_t o, unsigned long long s) {
+  if (s && o >= o_lo && o - o_lo < o_n) atomicAdd(&slash[o - o_lo], s);
+}
+
+static __global__ void __launch_bounds__(EA_THREADS)
+    k_est_accum(const float *L, int W, int64_t nk, int64_t qpos0, const int64_t *run_start,
+                int64_t run_len, const float *gmax, const float *inv, int round_bf16,
+                int64_t o_lo, int64_t o_n, unsigned long long *vert, unsigned long long *slash) {
+  __shared__ unsigned long long fx[EA_T][EA_T + 1];
+  __shared__ int64_t pos[EA_T];
+  __shared__ unsigned long long vhalf[EA_T];
+  const int tid = threadIdx.x;
+  const int64_t j0 = (int64_t)blockIdx.x * EA_T;
+  if (tid < EA_T) pos[tid] = j0 + tid < nk ? est_pos(run_start, run_len, j0 + tid) : 0;
+  const int vc = tid & (EA_T - 1), vh = tid / EA_T; /* vertical: column vc, rows vh*32.. */
+  const int dlt = tid - (EA_T - 1);                 /* slash: the diagonal il - jl = dlt */
+  unsigned long long vsum = 0;
+  for (int r0 = 0; r0 < W; r0 += EA_T) {
+    __syncthreads(); /* the previous chunk is read (and pos is written) */
+    for (int x = tid; x < EA_T * EA_T; x += EA_THREADS) {
+      const int il = x / EA_T, jl = x % EA_T, i = r0 + il;
+      const int64_t j = j0 + jl;
+      unsigned long long f = 0;
+      if (i < W && j < nk) {
+        const float g = gmax[i];
+        if (g != -INFINITY) {
+          float A = expf(L[(size_t)i * (size_t)nk + (size_t)j] - g) * inv[i];
+          if (round_bf16) A = __bfloat162float(__float2bfloat16_rn(A));
+          f = est_fix(A);
+        }
+      }
+      fx[il][jl] = f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int il = vh * (EA_T / 2); il < (vh + 1) * (EA_T / 2); il++) vsum += fx[il][vc];
+    if (dlt <= EA_T - 1) {
+      int il = dlt > 0 ? dlt : 0, jl = il - dlt;
+      int64_t cur = qpos0 + r0 + il - pos[jl];
+      unsigned long long s = 0;
+      for (; il < EA_T && jl < EA_T; il++, jl++) {
+        const int64_t o = qpos0 + r0 + il - pos[jl];
+        if (o != cur) {
+          ea_flush(slash, o_lo, o_n, cur, s);
+          s = 0;
+          cur = o;
+        }
+        s += fx[il][jl];
+      }
+      ea_flush(slash, o_lo, o_n, cur, s);
+    }
+  }
+  if (vh == 1) vhalf[vc] = vsum;
+  __syncthreads();
+  if (vh == 0 && j0 + vc < nk) vert[j0 + vc] = vsum + vhalf[vc];
+}
+
+static sr_status cuda_est_accum(const float *L, int W, int64_t nk, int64_t qpos0,
+                                const int64_t *run_start, int64_t run_len, const float *gmax_host,
+                                const float *inv_host, int round_bf16, int64_t n,
+                                int64_t *vert_host, int64_t *slash_host) {
+  if (W < 0 || nk < 0 || n < 0 || qpos0 < 0)
+    return sr__seterr(SR_ERR_SHAPE, "est_accum: bad shape W=%d nk=%lld n=%lld qpos0=%lld", W,
+                      (long long)nk, (long long)n, (long long)qpos0);
+  if (W == 0 || nk == 0) return SR_OK;
+  if (!L || !gmax_host || !inv_host || !vert_host || (n > 0 && !slash_host))
+    return sr__seterr(SR_ERR_INTERNAL, "est_accum: NULL buffer");
+  int64_t nruns = 0;
+  SR_TRY(est_runs_check("est_accum", nk, run_start, run_len, &nruns));
+  const int64_t gx = (nk + EA_T - 1) / EA_T;
+  if (gx > INT32_MAX)
+    return sr__seterr(SR_ERR_SHAPE, "est_accum: nk=%lld is too large", (long long)nk);
+  /* Offsets o = qpos0 + i - pos(j) lie in [qpos0 - max pos, qpos0 + W - 1 - min pos]. */
+  int64_t pmin = INT64_MAX, pmax = INT64_MIN;
+  for (int64_t r = 0; r < nruns; r++) {
+    const int64_t len = nk - r * run_len < run_len ? nk - r * run_len : run_len;
+    if (run_start[r] < pmin) pmin = run_start[r];
+    if (run_start[r] + len - 1 > pmax) pmax = run_start[r] + len - 1;
+  }
+  int64_t o_lo = qpos0 - pmax, o_hi = qpos0 + W - 1 - pmin;
+  if (o_lo < 0) o_lo = 0;
+  if (o_hi > n - 1) o_hi = n - 1;
+  const int64_t o_n = o_hi >= o_lo ? o_hi - o_lo + 1 : 0;
+
+  int64_t *drs = NULL;
+  float *dg = NULL, *dinv = NULL;
+  sr_cuda_piece pc[3] = {{run_start, (size_t)nruns * sizeof(int64_t), (void **)&drs},
+                         {gmax_host, (size_t)W * sizeof(float), (void **)&dg},
+                         {inv_host, (size_t)W * sizeof(float), (void **)&dinv}};
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_EST, pc, 3));
+  const size_t words = (size_t)nk + (size_t)o_n;
+  unsigned long long *dout = NULL;
+  void *host = NULL;
+  SR_TRY(sr__cuda_scratch(SR_SCRATCH_EST_OUT, words * sizeof(int64_t), (void **)&dout));
+  SR_TRY(est_host_buf(words * sizeof(int64_t), &host));
+  unsigned long long *dvert = dout, *dslash = dout + nk;
+  if (o_n) SR_CUDA(cudaMemsetAsync(dslash, 0, (size_t)o_n * sizeof(int64_t), G.stream));
+  k_est_accum<<<(unsigned)gx, EA_THREADS, 0, G.stream>>>(L, W, nk, qpos0, drs, run_len, dg, dinv,
+                                                         round_bf16, o_lo, o_n, dvert, dslash);
+  SR_CUDA_LAUNCHED("est_accum");
+  SR_CUDA(cudaMemcpyAsync(host, dout, words * sizeof(int64_t), cudaMemcpyDeviceToHost, G.stream));
+  SR_TRY(cuda_sync());
+  const int64_t *hv = (const int64_t *)host, *hs = hv + nk;
+  for (int64_t j = 0; j < nk; j++) vert_host[j] += hv[j];
+  for (int64_t o = 0; o < o_n; o++) slash_host[o_lo + o] += hs[o];
+  return SR_OK;
+}
+
 /* ---- the table ------------------------------------------------------------------------- */
 
 extern "C" const sr_backend *sr_backend_cuda(int local_rank) {
@@ -521,6 +987,11 @@ extern "C" const sr_backend *sr_backend_cuda(int local_rank) {
   t->block_scores = cuda_block_scores;
   t->topk = cuda_topk;
   t->topk_rows = cuda_topk_rows;
+  t->unstore = cuda_unstore;
+  t->est_scores = cuda_est_scores;
+  t->est_rowmax = cuda_est_rowmax;
+  t->est_rowsum = cuda_est_rowsum;
+  t->est_accum = cuda_est_accum;
   G.ready = 1;
   return &G.table;
 }

@@ -25,7 +25,9 @@ enum {
   SR_SCRATCH_GATHER,
   SR_SCRATCH_TOPK,
   SR_SCRATCH_TOPK_IDX,
-  SR_SCRATCH_STORE,
+  SR_SCRATCH_STORE,    /* store and unstore: one chunk of fp32 values */
+  SR_SCRATCH_EST,      /* estimate ops: uploaded run starts, row maxima and inverses */
+  SR_SCRATCH_EST_OUT,  /* estimate ops: device sums (int64) and maxima on their way back */
   SR_SCRATCH_N
 };
 
