@@ -10,6 +10,10 @@
  * exactly. Every output is poisoned (NaN) before the op; rows past nq carry guard values
  * that must survive; K/V past kv_limit are NaN in the pool, so a kernel that reads them fails.
  * Every attention kernel that fits a shape is run (generic, mma, and wgmma where built).
+ * Column chunks (gathered key rows, kpos < 0) are checked against a float64 reference on
+ * every kernel and the automatic choice, and timed against blocks; the Vertical-Slash /
+ * FlexPrefill estimate ops against float64, for determinism (repeat, keys split over two
+ * calls: bit-identical), and timed at W = 256 x 128K keys; unstore round-trips stored values.
  * Last, the internal upload of host lists (sr__cuda_upload) with a first piece past 2 GiB:
  * about 2.2 GB of pageable and 3.2 GB of pinned host memory, 3.2 GB of device memory.
  */
@@ -400,6 +404,374 @@ static void test_attn_auto(void **state) {
   world_free(&w);
 }
 
+/* ---- column chunks (Vertical-Slash / FlexPrefill) ------------------------------------------ */
+
+/*
+ * A rank's work list with column chunks mixed into the block entries, against a float64
+ * reference computed here from the listed keys (the bf16-valued inputs the GPU holds). The
+ * pool holds the K/V blocks of every kv-head (slots shuffled, NaN from kv_limit on), then
+ * COL_XSLOTS slots of rows that only column chunks use (a column's key has no position the
+ * kernel looks at), then one slot of NaN rows. A chunk of cnt < bk keys is followed in colrow
+ * by bk - cnt indices of NaN rows, so a kernel that loads a row past cnt (instead of
+ * zero-filling it) fails. Chunks have bk, 1 or a random count of keys, from scattered pool
+ * rows (the kv-head's past keys and the extra slots); entries are shuffled, so a chunk may
+ * come first or last; some rows list only chunks, a few nothing.
+ */
+#define COL_XSLOTS 3
+
+typedef struct col_world {
+  int qh, kvh, d, bq, bk, nqb;
+  int64_t n, nq, kv_limit, nkb, nslots, nnz, ncolrow;
+  float scale;
+  float *q, *kpool, *vpool;
+  int64_t *qpos, *row_ptr, *kpos;
+  int32_t *slot, *colrow;
+} col_world;
+
+static void col_world_build(col_world *w, int qh, int kvh, int d, int bq, int bk, int64_t n,
+                            int64_t kv_limit) {
+  memset(w, 0, sizeof *w);
+  w->qh = qh, w->kvh = kvh, w->d = d, w->bq = bq, w->bk = bk, w->n = n, w->nq = n;
+  w->kv_limit = kv_limit;
+  w->nqb = (int)((n + bq - 1) / bq);
+  w->nkb = (n + bk - 1) / bk;
+  w->scale = 1.0f / sqrtf((float)d);
+  const int64_t nblk = (int64_t)kvh * w->nkb, nslots = nblk + COL_XSLOTS + 1;
+  const int64_t nan_slot = nslots - 1;
+  w->nslots = nslots;
+  const size_t blk = (size_t)bk * d, qn = (size_t)qh * n * d, kn = (size_t)nslots * blk;
+  w->q = xmalloc(qn * sizeof(float));
+  w->kpool = xmalloc(kn * sizeof(float));
+  w->vpool = xmalloc(kn * sizeof(float));
+  sr_test_fill(w->q, qn, 1.5f, &rng);
+  round_bf16(w->q, qn);
+  sr_test_fill(w->kpool, kn, 1.5f, &rng);
+  sr_test_fill(w->vpool, kn, 1.0f, &rng);
+  round_bf16(w->kpool, kn);
+  round_bf16(w->vpool, kn);
+  int64_t *perm = xmalloc((size_t)nblk * sizeof(int64_t));
+  for (int64_t s = 0; s < nblk; s++) perm[s] = s;
+  for (int64_t i = nblk - 1; i > 0; i--) {
+    int64_t j = rnd_below(i + 1), t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+  /* perm[g*nkb + b] = slot of kv-head g's block b; keys from kv_limit on are NaN. */
+  for (int64_t gb = 0; gb < nblk; gb++)
+    for (int64_t j = 0; j < bk; j++)
+      if ((gb % w->nkb) * bk + j >= kv_limit) {
+        sr__poison_f32(w->kpool + perm[gb] * blk + j * d, (size_t)d);
+        sr__poison_f32(w->vpool + perm[gb] * blk + j * d, (size_t)d);
+      }
+  sr__poison_f32(w->kpool + nan_slot * blk, blk);
+  sr__poison_f32(w->vpool + nan_slot * blk, blk);
+
+  w->qpos = xmalloc((size_t)w->nqb * sizeof(int64_t));
+  for (int m = 0; m < w->nqb; m++) w->qpos[m] = (int64_t)m * bq;
+  const int64_t rows = (int64_t)qh * w->nqb, cap_e = rows * (w->nkb + 8) + 1;
+  w->row_ptr = xmalloc((size_t)(rows + 1) * sizeof(int64_t));
+  w->slot = xmalloc((size_t)cap_e * sizeof(int32_t));
+  w->kpos = xmalloc((size_t)cap_e * sizeof(int64_t));
+  int64_t cap_c = rows * 6 * bk + 1;
+  w->colrow = xmalloc((size_t)cap_c * sizeof(int32_t));
+  w->row_ptr[0] = 0;
+  int64_t nnz = 0, nc = 0;
+  for (int h = 0; h < qh; h++)
+    for (int m = 0; m < w->nqb; m++) {
+      const int64_t r = (int64_t)h * w->nqb + m, g = h / (qh / kvh);
+      const int64_t qfirst = w->qpos[m];
+      const int64_t qrows = n - (int64_t)m * bq < bq ? n - (int64_t)m * bq : bq;
+      const int64_t qlast = qfirst + qrows - 1;
+      const int64_t e0 = nnz;
+      const int64_t kind = rnd_below(20); /* 0: nothing; 1, 2: chunks only */
+      if (kind >= 3) /* blocks: the diagonal one and a third of the other causal ones */
+        for (int64_t b = 0; b * bk <= qlast && b < w->nkb; b++) {
+          if (b * bk >= kv_limit) break;
+          if (b != qfirst / bk && rnd_below(3) != 0) continue;
+          w->slot[nnz] = (int32_t)perm[g * w->nkb + b];
+          w->kpos[nnz++] = b * bk;
+        }
+      /* Chunks: keys of this kv-head before qfirst (and before kv_limit), or extra rows. */
+      const int64_t past = qfirst < kv_limit ? qfirst : kv_limit;
+      const int nchunks = kind == 0 ? 0 : kind <= 2 ? 1 + (int)rnd_below(4) : (int)rnd_below(4);
+      for (int t = 0; t < nchunks; t++) {
+        const int64_t pick = rnd_below(3);
+        const int64_t cnt = pick == 0 ? bk : pick == 1 ? 1 : 1 + rnd_below(bk);
+        w->slot[nnz] = (int32_t)nc;
+        w->kpos[nnz++] = -cnt;
+        for (int64_t j = 0; j < cnt; j++) {
+          int64_t row;
+          if (past > 0 && rnd_below(2) == 0) {
+            const int64_t p = rnd_below(past);
+            row = perm[g * w->nkb + p / bk] * bk + p % bk;
+          } else {
+            row = (nblk + rnd_below(COL_XSLOTS)) * bk + rnd_below(bk);
+          }
+          w->colrow[nc++] = (int32_t)row;
+        }
+        for (int64_t j = cnt; j < bk; j++) w->colrow[nc++] = (int32_t)(nan_slot * bk + rnd_below(bk));
+      }
+      for (int64_t i = nnz - e0 - 1; i > 0; i--) { /* shuffle the row's entries */
+        const int64_t j = rnd_below(i + 1);
+        const int32_t ts = w->slot[e0 + i];
+        const int64_t tk = w->kpos[e0 + i];
+        w->slot[e0 + i] = w->slot[e0 + j], w->kpos[e0 + i] = w->kpos[e0 + j];
+        w->slot[e0 + j] = ts, w->kpos[e0 + j] = tk;
+      }
+      w->row_ptr[r + 1] = nnz;
+      assert_true(nnz <= cap_e && nc <= cap_c);
+    }
+  w->nnz = nnz;
+  w->ncolrow = nc;
+  free(perm);
+}
+
+static void col_world_free(col_world *w) {
+  free(w->q), free(w->kpool), free(w->vpool), free(w->qpos), free(w->row_ptr), free(w->slot),
+      free(w->kpos), free(w->colrow);
+}
+
+static sr_attn_args col_args(const col_world *w) {
+  return (sr_attn_args){.q_heads = w->qh, .d = w->d, .bq = w->bq, .bk = w->bk, .nqb = w->nqb,
+                        .nq = w->nq, .q = w->q, .qpos = w->qpos, .k = w->kpool, .v = w->vpool,
+                        .row_ptr = w->row_ptr, .slot = w->slot, .kpos = w->kpos,
+                        .colrow = w->colrow, .ncolrow = w->ncolrow, .kv_limit = w->kv_limit,
+                        .scale = w->scale};
+}
+
+/* The float64 reference: softmax over exactly the keys each row sees. */
+static void col_reference(const col_world *w, double *ro, double *rl) {
+  const int d = w->d, bk = w->bk;
+  const int64_t maxk = (w->nkb + 8) * (int64_t)bk;
+  double *s = xmalloc((size_t)maxk * sizeof(double));
+  int64_t *krow = xmalloc((size_t)maxk * sizeof(int64_t));
+  for (int h = 0; h < w->qh; h++)
+    for (int m = 0; m < w->nqb; m++) {
+      const int64_t r = (int64_t)h * w->nqb + m;
+      const int64_t qrows = w->nq - (int64_t)m * w->bq < w->bq ? w->nq - (int64_t)m * w->bq : w->bq;
+      for (int64_t i = 0; i < qrows; i++) {
+        const int64_t qp = w->qpos[m] + i, row = (int64_t)h * w->nq + (int64_t)m * w->bq + i;
+        const float *qv = w->q + row * d;
+        int64_t nk = 0;
+        for (int64_t e = w->row_ptr[r]; e < w->row_ptr[r + 1]; e++) {
+          const int64_t kp = w->kpos[e];
+          if (kp < 0)
+            for (int64_t j = 0; j < -kp; j++) krow[nk++] = w->colrow[w->slot[e] + j];
+          else
+            for (int64_t j = 0; j < bk; j++)
+              if (kp + j <= qp && kp + j < w->kv_limit) krow[nk++] = (int64_t)w->slot[e] * bk + j;
+        }
+        double mx = -INFINITY;
+        for (int64_t t = 0; t < nk; t++) {
+          const float *kv = w->kpool + krow[t] * d;
+          double dot = 0;
+          for (int c = 0; c < d; c++) dot += (double)qv[c] * kv[c];
+          s[t] = dot * w->scale;
+          if (s[t] > mx) mx = s[t];
+        }
+        double *o = ro + row * d, sum = 0;
+        for (int c = 0; c < d; c++) o[c] = 0;
+        for (int64_t t = 0; t < nk; t++) {
+          const double p = exp(s[t] - mx);
+          sum += p;
+          const float *vv = w->vpool + krow[t] * d;
+          for (int c = 0; c < d; c++) o[c] += p * vv[c];
+        }
+        if (nk == 0) {
+          rl[row] = -INFINITY;
+          continue;
+        }
+        for (int c = 0; c < d; c++) o[c] /= sum;
+        rl[row] = mx + log(sum);
+      }
+    }
+  free(s), free(krow);
+}
+
+#ifdef SR_CUDA
+/* Runs kernel `kernel` (AUTO: the automatic choice, which must be `expect`) and compares with
+ * the reference: out relative error per q-head, lse absolute error, empty rows exactly
+ * (0, -inf), nothing written past nq. */
+static void col_compare(const col_world *w, const double *ro, const double *rl, int kernel,
+                        int expect, const char *what) {
+  const int d = w->d;
+  const size_t rows = (size_t)w->qh * w->nq, kn = (size_t)w->nslots * w->bk * d;
+  float *host_o = xmalloc((rows + GUARD_ROWS) * d * sizeof(float));
+  float *host_l = xmalloc((rows + GUARD_ROWS) * sizeof(float));
+  sr__poison_f32(host_o, rows * d);
+  sr__poison_f32(host_l, rows);
+  for (size_t i = rows * d; i < (rows + GUARD_ROWS) * d; i++) host_o[i] = GUARD_VAL;
+  for (size_t i = rows; i < rows + GUARD_ROWS; i++) host_l[i] = GUARD_VAL;
+  float *d_o = dcopy(host_o, (rows + GUARD_ROWS) * d), *d_l = dcopy(host_l, rows + GUARD_ROWS);
+  void *dq = dstore(w->q, rows * d), *dk = dstore(w->kpool, kn), *dv = dstore(w->vpool, kn);
+  sr_attn_args a = col_args(w);
+  a.q = dq, a.k = dk, a.v = dv, a.out = d_o, a.lse = d_l;
+  /* The host lists may change once attn_fwd returns: scribble on a copy's colrow after. */
+  int32_t *colrow = xmalloc((size_t)w->ncolrow * sizeof(int32_t) + 4);
+  memcpy(colrow, w->colrow, (size_t)w->ncolrow * sizeof(int32_t));
+  a.colrow = colrow;
+  sr__cuda_attn_force(kernel);
+  check(gpu->attn_fwd(&a), "attn_fwd (columns)");
+  for (int64_t c = 0; c < w->ncolrow; c++) colrow[c] = -1;
+  assert_int_equal(sr__cuda_attn_last(), expect);
+  sr__cuda_attn_force(SR_CUDA_ATTN_AUTO);
+  check(gpu->copy_out(host_o, d_o, (rows + GUARD_ROWS) * d), "copy_out out");
+  check(gpu->copy_out(host_l, d_l, rows + GUARD_ROWS), "copy_out lse");
+  double worst = 0, lerr = 0;
+  size_t empty = 0;
+  for (int h = 0; h < w->qh; h++) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < w->nq; i++) {
+      const size_t r = (size_t)h * w->nq + i;
+      if (isinf(rl[r])) {
+        empty++;
+        if (!(isinf(host_l[r]) && host_l[r] < 0))
+          fail_msg("%s: row %zu has no visible key but lse = %g", what, r, (double)host_l[r]);
+        for (int x = 0; x < d; x++)
+          if (host_o[r * d + x] != 0.0f) fail_msg("%s: empty row %zu out != 0", what, r);
+        continue;
+      }
+      for (int x = 0; x < d; x++) {
+        const double df = (double)host_o[r * d + x] - ro[r * d + x];
+        num += df * df;
+        den += ro[r * d + x] * ro[r * d + x];
+        if (host_o[r * d + x] != host_o[r * d + x]) num = INFINITY;
+      }
+      const double le = fabs((double)host_l[r] - rl[r]);
+      if (!(le <= lerr)) lerr = le;
+    }
+    const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    if (!(rel <= worst)) worst = rel;
+  }
+  for (size_t i = rows * d; i < (rows + GUARD_ROWS) * d; i++)
+    if (host_o[i] != GUARD_VAL) fail_msg("%s: out written past row nq", what);
+  for (size_t i = rows; i < rows + GUARD_ROWS; i++)
+    if (host_l[i] != GUARD_VAL) fail_msg("%s: lse written past row nq", what);
+  int64_t nchunks = 0;
+  for (int64_t e = 0; e < w->nnz; e++) nchunks += w->kpos[e] < 0;
+  fprintf(stderr,
+          "# %-8s %-7s qh=%d kvh=%d d=%3d bq=%3d bk=%3d n=%4lld kv_limit=%4lld entries=%5lld "
+          "chunks=%4lld empty=%zu  out relerr (worst head) %.2e  lse abserr %.2e\n",
+          what, sr__cuda_attn_name(expect), w->qh, w->kvh, d, w->bq, w->bk, (long long)w->n,
+          (long long)w->kv_limit, (long long)w->nnz, (long long)nchunks, empty, worst, lerr);
+  if (!(worst <= ATT_OUT_TOL)) fail_msg("%s: out relative error %.3e", what, worst);
+  if (!(lerr <= ATT_LSE_TOL)) fail_msg("%s: lse abs error %.3e", what, lerr);
+  gpu->free(d_o), gpu->free(d_l), gpu->free(dq), gpu->free(dk), gpu->free(dv);
+  free(host_o), free(host_l), free(colrow);
+}
+#endif
+
+/* Every kernel that fits the shape (generic; mma and wgmma for bq, bk, d in {64, 128}), and the
+ * automatic choice, on block entries mixed with column chunks. */
+static void test_attn_columns(void **state) {
+  (void)state;
+  const struct {
+    int qh, kvh, d, bq, bk;
+    int64_t n, kv_cut;
+  } cases[] = {
+      {8, 2, 128, 64, 64, 700, 5},    {8, 2, 128, 128, 128, 1100, 0}, {4, 1, 64, 16, 16, 300, 3},
+      {4, 2, 64, 64, 128, 650, 0},    {4, 4, 128, 128, 64, 800, 17},  {8, 2, 64, 64, 64, 520, 0},
+      {4, 2, 80, 24, 40, 260, 7},     {8, 2, 128, 64, 128, 900, 0},
+      {16, 4, 128, 64, 64, 2200, 0}, /* more rows than SMs */
+  };
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+    col_world w;
+    col_world_build(&w, cases[t].qh, cases[t].kvh, cases[t].d, cases[t].bq, cases[t].bk,
+                    cases[t].n, cases[t].n - cases[t].kv_cut);
+    const size_t rows = (size_t)w.qh * w.nq;
+    double *ro = xmalloc(rows * w.d * sizeof(double)), *rl = xmalloc(rows * sizeof(double));
+    col_reference(&w, ro, rl);
+#ifdef SR_CUDA
+    const int fast = (w.bq == 64 || w.bq == 128) && (w.bk == 64 || w.bk == 128) &&
+                     (w.d == 64 || w.d == 128);
+    col_compare(&w, ro, rl, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_GENERIC, "columns");
+    if (fast) col_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_MMA, "columns");
+    if (fast && sr__cuda_have_wgmma())
+      col_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, SR_CUDA_ATTN_WGMMA, "columns");
+    const int autok = !fast ? SR_CUDA_ATTN_GENERIC
+                            : sr__cuda_have_wgmma() ? SR_CUDA_ATTN_WGMMA : SR_CUDA_ATTN_MMA;
+    col_compare(&w, ro, rl, SR_CUDA_ATTN_AUTO, autok, "col auto");
+#endif
+    free(ro), free(rl);
+    col_world_free(&w);
+  }
+}
+
+#ifdef SR_CUDA
+/*
+ * Throughput of column chunks against blocks (printed, and a loose bound): the same number of
+ * entries per row, either causal blocks that need no mask or full chunks of bk scattered past
+ * keys, through the automatic kernel. The gather loads 16-byte pieces of each row like a
+ * block load, so a chunk should cost about what a block does.
+ */
+static void test_attn_columns_speed(void **state) {
+  (void)state;
+  const int shapes[2][2] = {{64, 128}, {128, 128}}; /* bq = bk, d */
+  for (int sh = 0; sh < 2; sh++) {
+    const int qh = 16, kvh = 4, bq = shapes[sh][0], bk = bq, d = shapes[sh][1], per_row = 32;
+    const int64_t n = 16384, nqb = n / bq, nkb = n / bk, rows = (int64_t)qh * nqb;
+    const size_t kn = (size_t)kvh * n * d, qn = (size_t)qh * n * d;
+    float *x = xmalloc(kn * sizeof(float));
+    sr_test_fill(x, kn, 1.0f, &rng);
+    void *dq = dalloc(qn * 2 + 16), *dk = dstore(x, kn), *dv = dstore(x, kn);
+    for (size_t off = 0; off < qn; off += kn) /* q from the same values */
+      check(gpu->store((char *)dq + off * 2, x, qn - off < kn ? qn - off : kn), "store q");
+    float *dout = dalloc(qn * sizeof(float)), *dlse = dalloc((size_t)qh * n * sizeof(float));
+    int64_t *qpos = xmalloc((size_t)nqb * 8), *row_ptr = xmalloc((size_t)(rows + 1) * 8);
+    int64_t *kpos = xmalloc((size_t)rows * per_row * 8);
+    int32_t *slot = xmalloc((size_t)rows * per_row * 4);
+    int32_t *colrow = xmalloc((size_t)rows * per_row * bk * 4);
+    for (int64_t m = 0; m < nqb; m++) qpos[m] = m * bq;
+    float ms[2];
+    for (int mode = 0; mode < 2; mode++) { /* 0: blocks, 1: column chunks */
+      int64_t nnz = 0, nc = 0;
+      row_ptr[0] = 0;
+      for (int h = 0; h < qh; h++)
+        for (int64_t m = 0; m < nqb; m++) {
+          const int64_t g = h / (qh / kvh), past_blocks = m; /* blocks entirely before qfirst */
+          const int cnt = past_blocks < per_row ? (int)past_blocks : per_row;
+          for (int t = 0; t < cnt; t++) {
+            if (mode == 0) {
+              const int64_t b = rnd_below(past_blocks);
+              slot[nnz] = (int32_t)(g * nkb + b);
+              kpos[nnz++] = b * bk;
+            } else {
+              slot[nnz] = (int32_t)nc;
+              kpos[nnz++] = -bk;
+              for (int j = 0; j < bk; j++) colrow[nc++] = (int32_t)(g * n + rnd_below(m * bq));
+            }
+          }
+          row_ptr[h * nqb + m + 1] = nnz;
+        }
+      sr_attn_args a = {.q_heads = qh, .d = d, .bq = bq, .bk = bk, .nqb = (int)nqb, .nq = n,
+                        .q = dq, .qpos = qpos, .k = dk, .v = dv, .row_ptr = row_ptr,
+                        .slot = slot, .kpos = kpos, .colrow = mode ? colrow : NULL,
+                        .ncolrow = mode ? nc : 0, .kv_limit = n,
+                        .scale = 1.0f / sqrtf((float)d), .out = dout, .lse = dlse};
+      sr__cuda_attn_timing(1);
+      float best = 1e30f;
+      for (int rep = 0; rep < 4; rep++) {
+        check(gpu->attn_fwd(&a), "attn_fwd (speed)");
+        check(gpu->sync(), "sync");
+        const float t = sr__cuda_attn_kernel_ms();
+        if (rep > 0 && t < best) best = t;
+      }
+      sr__cuda_attn_timing(0);
+      ms[mode] = best;
+    }
+    fprintf(stderr,
+            "# columns speed (%s) bq=bk=%d d=%d: %d entries per row, blocks %.3f ms, column "
+            "chunks %.3f ms (x%.2f)\n",
+            sr__cuda_attn_name(sr__cuda_attn_last()), bq, d, per_row, (double)ms[0],
+            (double)ms[1], (double)(ms[1] / ms[0]));
+    if (!(ms[1] <= 3.0f * ms[0] + 0.05f))
+      fail_msg("column chunks run %.2fx slower than blocks", (double)(ms[1] / ms[0]));
+    gpu->free(dq), gpu->free(dk), gpu->free(dv), gpu->free(dout), gpu->free(dlse);
+    free(x), free(qpos), free(row_ptr), free(kpos), free(slot), free(colrow);
+  }
+}
+#endif
+
 /* ---- the other ops --------------------------------------------------------------------- */
 
 static double relerr_f(const float *a, const float *b, size_t n) {
@@ -603,6 +975,317 @@ static void test_store_copy(void **state) {
   free(x), free(y), free(bits);
 }
 
+/* ---- Vertical-Slash / FlexPrefill estimate ------------------------------------------------ */
+
+#define FIX_ONE 4294967296.0 /* 2^SR_EST_FIX_BITS */
+
+typedef struct est_world {
+  int W, d;
+  int64_t nk, run_len, run_start[2], qpos0, n;
+  float scale;
+  float *qw, *k;   /* host: fp32 window queries, bf16-valued keys [nk][d] */
+  float *dqw;      /* device fp32 */
+  void *dk;        /* device storage */
+} est_world;
+
+static int64_t est_pos_of(const est_world *w, const int64_t *rs, int64_t run_len, int64_t j) {
+  (void)w;
+  return rs[j / run_len] + j % run_len;
+}
+
+/* Keys in two runs of run_len with a gap between them (a zigzag shard's two halves), the
+ * window the last W positions of the sequence; the second run reaches into the window, so
+ * part of it is in the future of the first window rows. */
+static void est_world_build(est_world *w, int W, int d, int64_t run_len) {
+  memset(w, 0, sizeof *w);
+  w->W = W, w->d = d, w->run_len = run_len, w->nk = 2 * run_len;
+  w->run_start[0] = rnd_below(50);
+  w->run_start[1] = w->run_start[0] + run_len + 1 + rnd_below(3 * run_len);
+  const int64_t tail = W / 3; /* the last positions are not this rank's */
+  w->n = w->run_start[1] + run_len + tail;
+  w->qpos0 = w->n - W;
+  w->scale = 1.0f / sqrtf((float)d);
+  w->qw = xmalloc((size_t)W * d * sizeof(float));
+  w->k = xmalloc((size_t)w->nk * d * sizeof(float));
+  sr_test_fill(w->qw, (size_t)W * d, 2.0f, &rng);
+  sr_test_fill(w->k, (size_t)w->nk * d, 2.0f, &rng);
+  round_bf16(w->k, (size_t)w->nk * d);
+  w->dqw = dcopy(w->qw, (size_t)W * d);
+  w->dk = dstore(w->k, (size_t)w->nk * d);
+}
+
+static void est_world_free(est_world *w) {
+  gpu->free(w->dqw), gpu->free(w->dk);
+  free(w->qw), free(w->k);
+}
+
+/* est_scores over keys [j0, j0 + nk) (their own runs) -> host L [W][nk]; the device L
+ * (returned, for the other ops) is poisoned first and followed by guard values. */
+static float *est_run_scores(const est_world *w, int64_t j0, int64_t nk, const int64_t *rs,
+                             int64_t run_len, float *hL) {
+  const size_t cells = (size_t)w->W * nk, guard = 64;
+  float *tmp = xmalloc((cells + guard) * sizeof(float));
+  sr__poison_f32(tmp, cells);
+  for (size_t i = cells; i < cells + guard; i++) tmp[i] = GUARD_VAL;
+  float *dL = dcopy(tmp, cells + guard);
+  const void *k = (const char *)w->dk + (size_t)j0 * w->d * gpu->elem_bytes;
+  check(gpu->est_scores(w->dqw, w->W, w->qpos0, k, nk, rs, run_len, w->d, w->scale, dL),
+        "est_scores");
+  check(gpu->copy_out(tmp, dL, cells + guard), "copy_out L");
+  for (size_t i = cells; i < cells + guard; i++)
+    if (tmp[i] != GUARD_VAL) fail_msg("est_scores: written past W*nk");
+  memcpy(hL, tmp, cells * sizeof(float));
+  free(tmp);
+  return dL;
+}
+
+/* Vertical and slash sums of one est_accum call (zeroed arrays, n slash entries). */
+static void est_run_accum(const est_world *w, const float *dL, int64_t nk, const int64_t *rs,
+                          int64_t run_len, const float *gmax, const float *inv, int round,
+                          int64_t *vert, int64_t *slash) {
+  memset(vert, 0, (size_t)nk * sizeof(int64_t));
+  memset(slash, 0, (size_t)w->n * sizeof(int64_t));
+  check(gpu->est_accum(dL, w->W, nk, w->qpos0, rs, run_len, gmax, inv, round, w->n, vert,
+                       slash),
+        "est_accum");
+}
+
+/*
+ * The four ops against float64 on the same inputs: scores (bf16 keys, fp32 queries) within
+ * 1e-4 of the sum of |terms|, the mask exactly; the row max equal to the max of the returned
+ * L; row sums, vertical and slash sums within 2e-6 relative plus rounding (one unit per term;
+ * with bf16 rounding of A, up to two ties rounded the other way per sum). Then determinism:
+ * the same call twice gives the same bits, and the keys split into two calls (each run alone,
+ * with its own run start) give bit for bit the scores, maxima and integer sums of one call.
+ */
+static void est_check(int W, int d, int64_t run_len) {
+  est_world w;
+  est_world_build(&w, W, d, run_len);
+  const int64_t nk = w.nk;
+  const size_t cells = (size_t)W * nk;
+  float *L = xmalloc(cells * sizeof(float));
+  float *dL = est_run_scores(&w, 0, nk, w.run_start, run_len, L);
+
+  /* scores */
+  double worst = 0;
+  for (int i = 0; i < W; i++)
+    for (int64_t j = 0; j < nk; j++) {
+      const float got = L[(size_t)i * nk + j];
+      if (est_pos_of(&w, w.run_start, run_len, j) > w.qpos0 + i) {
+        if (!(isinf(got) && got < 0))
+          fail_msg("est_scores: L[%d][%lld] = %g, the key is in the future", i, (long long)j,
+                   (double)got);
+        continue;
+      }
+      double dot = 0, mag = 0;
+      for (int c = 0; c < d; c++) {
+        const double t = (double)w.qw[(size_t)i * d + c] * w.k[(size_t)j * d + c];
+        dot += t;
+        mag += fabs(t);
+      }
+      const double err = fabs((double)got - dot * w.scale) / (mag * w.scale + 1e-30);
+      if (!(err <= worst)) worst = err;
+    }
+  if (!(worst <= 1e-4)) fail_msg("est_scores: error %.3e of the sum of |terms|", worst);
+
+  /* row max: exactly the max of L */
+  float *gmax = xmalloc((size_t)W * sizeof(float));
+  check(gpu->est_rowmax(dL, W, nk, gmax), "est_rowmax");
+  for (int i = 0; i < W; i++) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < nk; j++) m = fmaxf(m, L[(size_t)i * nk + j]);
+    if (gmax[i] != m) fail_msg("est_rowmax: row %d: %g, expected %g", i, (double)gmax[i], (double)m);
+  }
+
+  /* row sums */
+  int64_t *sums = xmalloc((size_t)W * sizeof(int64_t));
+  check(gpu->est_rowsum(dL, W, nk, gmax, sums), "est_rowsum");
+  float *inv = xmalloc((size_t)W * sizeof(float));
+  double sum_worst = 0;
+  for (int i = 0; i < W; i++) {
+    double ref = 0;
+    if (gmax[i] != -INFINITY)
+      for (int64_t j = 0; j < nk; j++) ref += exp((double)L[(size_t)i * nk + j] - gmax[i]) * FIX_ONE;
+    const double err = fabs((double)sums[i] - ref);
+    if (!(err <= 2e-6 * ref + (double)nk))
+      fail_msg("est_rowsum: row %d: %lld, expected %.1f", i, (long long)sums[i], ref);
+    if (ref > 0 && err / ref > sum_worst) sum_worst = err / ref;
+    inv[i] = sums[i] > 0 ? (float)(FIX_ONE / (double)sums[i]) : 0.0f;
+  }
+
+  /* vertical and slash sums, without and with bf16 rounding of A */
+  int64_t *vert = xmalloc((size_t)nk * 8), *slash = xmalloc((size_t)w.n * 8);
+  int64_t *vert2 = xmalloc((size_t)nk * 8), *slash2 = xmalloc((size_t)w.n * 8);
+  double *rv = xmalloc((size_t)nk * 8), *rs = xmalloc((size_t)w.n * 8);
+  double *mv = xmalloc((size_t)nk * 8), *ms = xmalloc((size_t)w.n * 8);
+  for (int round = 0; round < 2; round++) {
+    est_run_accum(&w, dL, nk, w.run_start, run_len, gmax, inv, round, vert, slash);
+    memset(rv, 0, (size_t)nk * 8), memset(rs, 0, (size_t)w.n * 8);
+    memset(mv, 0, (size_t)nk * 8), memset(ms, 0, (size_t)w.n * 8);
+    for (int i = 0; i < W; i++) {
+      if (gmax[i] == -INFINITY) continue;
+      for (int64_t j = 0; j < nk; j++) {
+        double a;
+        if (round) {
+          const float af = (float)exp((double)L[(size_t)i * nk + j] - gmax[i]) * inv[i];
+          a = bf16_value(bf16_bits(af));
+        } else {
+          a = exp((double)L[(size_t)i * nk + j] - gmax[i]) * inv[i];
+        }
+        a *= FIX_ONE;
+        rv[j] += a;
+        if (a > mv[j]) mv[j] = a;
+        const int64_t o = w.qpos0 + i - est_pos_of(&w, w.run_start, run_len, j);
+        if (o >= 0 && o < w.n) {
+          rs[o] += a;
+          if (a > ms[o]) ms[o] = a;
+        }
+      }
+    }
+    const double slack = round ? 2.0 * 0x1.0p-8 : 0.0; /* two bf16 ties rounded the other way */
+    double vworst = 0, sworst = 0;
+    for (int64_t j = 0; j < nk; j++) {
+      const double err = fabs((double)vert[j] - rv[j]);
+      if (!(err <= 2e-6 * rv[j] + slack * mv[j] + W + 1))
+        fail_msg("est_accum (round %d): vert[%lld] = %lld, expected %.1f", round, (long long)j,
+                 (long long)vert[j], rv[j]);
+      if (rv[j] > 0 && err / rv[j] > vworst) vworst = err / rv[j];
+    }
+    for (int64_t o = 0; o < w.n; o++) {
+      const double err = fabs((double)slash[o] - rs[o]);
+      if (!(err <= 2e-6 * rs[o] + slack * ms[o] + W + 1))
+        fail_msg("est_accum (round %d): slash[%lld] = %lld, expected %.1f", round, (long long)o,
+                 (long long)slash[o], rs[o]);
+      if (rs[o] > 0 && err / rs[o] > sworst) sworst = err / rs[o];
+    }
+    /* the same call again: the same bits */
+    est_run_accum(&w, dL, nk, w.run_start, run_len, gmax, inv, round, vert2, slash2);
+    if (memcmp(vert, vert2, (size_t)nk * 8) || memcmp(slash, slash2, (size_t)w.n * 8))
+      fail_msg("est_accum (round %d): two identical calls differ", round);
+    /* the keys in two calls, one run each */
+    int64_t *sv = xmalloc((size_t)nk * 8), *ss = xmalloc((size_t)w.n * 8);
+    float *Lh = xmalloc((size_t)W * run_len * sizeof(float));
+    float *mh[2] = {xmalloc((size_t)W * 4), xmalloc((size_t)W * 4)};
+    int64_t *sh = xmalloc((size_t)W * 8), *sh_own = xmalloc((size_t)W * 8);
+    int64_t *sum_split = xmalloc((size_t)W * 8);
+    memset(sum_split, 0, (size_t)W * 8);
+    memset(ss, 0, (size_t)w.n * 8);
+    for (int half = 0; half < 2; half++) {
+      const int64_t j0 = half * run_len, *rs1 = &w.run_start[half];
+      float *dLh = est_run_scores(&w, j0, run_len, rs1, run_len, Lh);
+      for (int i = 0; i < W; i++)
+        if (memcmp(Lh + (size_t)i * run_len, L + (size_t)i * nk + j0, (size_t)run_len * 4))
+          fail_msg("est_scores: keys split in two calls: row %d of half %d differs", i, half);
+      check(gpu->est_rowmax(dLh, W, run_len, mh[half]), "est_rowmax (half)");
+      check(gpu->est_rowsum(dLh, W, run_len, gmax, sh), "est_rowsum (half)");
+      for (int i = 0; i < W; i++) sum_split[i] += sh[i];
+      /* with the half's own max, rows that see none of its keys (-inf) sum to 0 */
+      check(gpu->est_rowsum(dLh, W, run_len, mh[half], sh_own), "est_rowsum (own max)");
+      for (int i = 0; i < W; i++)
+        if (mh[half][i] == -INFINITY && sh_own[i] != 0)
+          fail_msg("est_rowsum: row %d with max -inf sums to %lld", i, (long long)sh_own[i]);
+      int64_t *vh = xmalloc((size_t)run_len * 8), *slh = xmalloc((size_t)w.n * 8);
+      est_run_accum(&w, dLh, run_len, rs1, run_len, gmax, inv, round, vh, slh);
+      memcpy(sv + j0, vh, (size_t)run_len * 8);
+      for (int64_t o = 0; o < w.n; o++) ss[o] += slh[o];
+      free(vh), free(slh);
+      gpu->free(dLh);
+    }
+    for (int i = 0; i < W; i++) {
+      const float m = fmaxf(mh[0][i], mh[1][i]);
+      if (m != gmax[i]) fail_msg("est_rowmax: split max of row %d differs", i);
+      if (sum_split[i] != sums[i])
+        fail_msg("est_rowsum: split sums of row %d: %lld, one call %lld", i,
+                 (long long)sum_split[i], (long long)sums[i]);
+    }
+    if (memcmp(sv, vert, (size_t)nk * 8)) fail_msg("est_accum: split vertical sums differ");
+    if (memcmp(ss, slash, (size_t)w.n * 8)) fail_msg("est_accum: split slash sums differ");
+    fprintf(stderr,
+            "# est W=%4d d=%3d nk=2x%lld n=%lld round=%d: scores err %.1e, rowsum rel %.1e, vert "
+            "rel %.1e, slash rel %.1e; repeat and 2-way split bit-identical\n",
+            W, d, (long long)run_len, (long long)w.n, round, worst, sum_worst, vworst, sworst);
+    free(sv), free(ss), free(Lh), free(mh[0]), free(mh[1]), free(sh), free(sh_own), free(sum_split);
+  }
+  gpu->free(dL);
+  free(L), free(gmax), free(sums), free(inv), free(vert), free(slash), free(vert2), free(slash2);
+  free(rv), free(rs), free(mv), free(ms);
+  est_world_free(&w);
+}
+
+static void test_est_ops(void **state) {
+  (void)state;
+  est_check(64, 128, 3001);  /* nk not a multiple of 4: scalar stores */
+  est_check(200, 70, 1250);  /* d not a multiple of 4: scalar loads; W not a tile multiple */
+  est_check(512, 128, 4096);
+  est_check(130, 64, 777);
+}
+
+/* Times the four ops for one q-head at W = 256, 128K keys, d = 128 (printed). */
+static void test_est_speed(void **state) {
+  (void)state;
+  const int W = 256, d = 128;
+  const int64_t nk = 131072, run_len = nk / 2;
+  float *qw = xmalloc((size_t)W * d * 4), *k = xmalloc((size_t)nk * d * 4);
+  sr_test_fill(qw, (size_t)W * d, 1.0f, &rng);
+  sr_test_fill(k, (size_t)nk * d, 1.0f, &rng);
+  float *dqw = dcopy(qw, (size_t)W * d), *dL = dalloc((size_t)W * nk * 4);
+  void *dk = dstore(k, (size_t)nk * d);
+  const int64_t rs[2] = {0, 3 * run_len}, n = 4 * run_len, qpos0 = n - W;
+  float *gmax = xmalloc(W * 4), *inv = xmalloc(W * 4);
+  int64_t *sums = xmalloc(W * 8), *vert = xmalloc(nk * 8), *slash = xmalloc(n * 8);
+  memset(vert, 0, nk * 8), memset(slash, 0, n * 8);
+  double t[4] = {1e30, 1e30, 1e30, 1e30};
+  for (int rep = 0; rep < 4; rep++) {
+    struct timespec a, b;
+    double dt[4];
+    for (int op = 0; op < 4; op++) {
+      check(gpu->sync(), "sync");
+      clock_gettime(CLOCK_MONOTONIC, &a);
+      if (op == 0) check(gpu->est_scores(dqw, W, qpos0, dk, nk, rs, run_len, d, 0.088f, dL), "est_scores");
+      if (op == 1) check(gpu->est_rowmax(dL, W, nk, gmax), "est_rowmax");
+      if (op == 2) {
+        check(gpu->est_rowsum(dL, W, nk, gmax, sums), "est_rowsum");
+        for (int i = 0; i < W; i++) inv[i] = sums[i] > 0 ? (float)(FIX_ONE / (double)sums[i]) : 0.0f;
+      }
+      if (op == 3)
+        check(gpu->est_accum(dL, W, nk, qpos0, rs, run_len, gmax, inv, 1, n, vert, slash), "est_accum");
+      check(gpu->sync(), "sync");
+      clock_gettime(CLOCK_MONOTONIC, &b);
+      dt[op] = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) * 1e-6;
+    }
+    for (int op = 0; op < 4; op++)
+      if (rep > 0 && dt[op] < t[op]) t[op] = dt[op];
+  }
+  fprintf(stderr,
+          "# est speed W=%d nk=%lld d=%d (one q-head, host wall time incl. transfers): scores "
+          "%.3f ms, rowmax %.3f ms, rowsum %.3f ms, accum %.3f ms, total %.3f ms\n",
+          W, (long long)nk, d, t[0], t[1], t[2], t[3], t[0] + t[1] + t[2] + t[3]);
+  gpu->free(dqw), gpu->free(dL), gpu->free(dk);
+  free(qw), free(k), free(gmax), free(inv), free(sums), free(vert), free(slash);
+}
+
+/* unstore: bf16 storage back to host floats, exactly the stored values (specials too), over
+ * more than one chunk. */
+static void test_unstore(void **state) {
+  (void)state;
+  const size_t n = ((size_t)1 << 22) + 2 * 1001;
+  float *x = xmalloc(n * 4), *y = xmalloc(n * 4);
+  sr_test_fill(x, n, 50.0f, &rng);
+  const float special[] = {NAN, INFINITY, -INFINITY, -0.0f, 0.0f, 1e-40f, -1e-40f, 3.0e38f};
+  for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) x[i * 7919 + 3] = special[i];
+  void *d = dstore(x, n);
+  sr__poison_f32(y, n);
+  check(gpu->unstore(y, d, n), "unstore");
+  for (size_t i = 0; i < n; i++) {
+    const float want = bf16_value(bf16_bits(x[i]));
+    if (isnan(want) ? !isnan(y[i]) : memcmp(&want, &y[i], 4) != 0)
+      fail_msg("unstore: element %zu = %a, expected %a", i, (double)y[i], (double)want);
+  }
+  check(gpu->unstore(y, d, 0), "unstore (empty)");
+  gpu->free(d);
+  free(x), free(y);
+}
+
 #ifdef SR_CUDA
 /* ---- uploads past 2 GiB ------------------------------------------------------------------ */
 
@@ -699,8 +1382,11 @@ int main(void) {
       cmocka_unit_test(test_block_scores), cmocka_unit_test(test_topk_rows),
       cmocka_unit_test(test_attn_dense),   cmocka_unit_test(test_attn_sparse),
       cmocka_unit_test(test_attn_qpos_pool), cmocka_unit_test(test_attn_empty_rows),
-      cmocka_unit_test(test_attn_auto),
+      cmocka_unit_test(test_attn_auto),    cmocka_unit_test(test_attn_columns),
+      cmocka_unit_test(test_unstore),      cmocka_unit_test(test_est_ops),
+      cmocka_unit_test(test_est_speed),
 #ifdef SR_CUDA
+      cmocka_unit_test(test_attn_columns_speed),
       cmocka_unit_test(test_upload_past_2gib), /* last: leaves 3 GB of pinned staging */
 #endif
   };

@@ -239,7 +239,7 @@ static __device__ __forceinline__ void sr_prefetch_cols(const sr_attn_dev &a, in
   const int t = (int)threadIdx.x, cnt = (int)-kp;
   if (t * 32 <= cnt + 31) {
     const int off = t * 32 < cnt ? t * 32 : cnt - 1;
-    asm volatile("prefetch.global.L1 [%0];\n" ::"l"(a.colrow + a.slot[e] + off));
+    asm volatile("prefetch.L1 [%0];\n" ::"l"(a.colrow + a.slot[e] + off));
   }
 }
 

@@ -34,7 +34,9 @@ sr_status sr__cuda_check(cudaError_t e, const char *what, const char *file, int 
  * with the P.V product of the previous one; needs an sm_90a build on a compute 9.0 device),
  * else MMA (mma.sync); GENERIC for every other shape. Tests and benchmarks force one with
  * sr__cuda_attn_force (AUTO restores the choice); a forced kernel that does not fit the shape
- * makes attn_fwd fail with SR_ERR_SHAPE. The ladder (kernels/cuda/dev) has more versions. */
+ * makes attn_fwd fail with SR_ERR_SHAPE. The ladder (kernels/cuda/dev) has more versions.
+ * Every kernel (and every ladder version) handles column chunks (kpos < 0), so the choice
+ * never depends on them. */
 enum { SR_CUDA_ATTN_AUTO = 0, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_WGMMA };
 void sr__cuda_attn_force(int kernel);
 /* The kernel the last successful attn_fwd call ran (SR_CUDA_ATTN_*; AUTO before any). */
