@@ -9,6 +9,9 @@
 #include "sr_attend.h"
 #include "sr_internal.h"
 
+/* Ranks whose column lists one thread fills at once (a stack array). */
+#define SR_MAX_RANKS_FILL 4096
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -74,12 +77,47 @@ static int64_t column_row(const sr_plan *p, const sr_xplan *x, int s, int kvh, i
   return (x->req_off[s + 1] - x->req_off[s]) * bk + (lo - x->creq_off[s]);
 }
 
+/* Columns of one row from every source, as runs of consecutive entries of the sources' shared
+ * column arrays (upos: positions, ascending per (source, q-head) segment starting at base[s]).
+ * emit(s, first, count) is called per chunk of at most bk. */
+typedef struct col_walk {
+  int64_t *cur, *rs, *rl; /* per source: cursor, run start, run length */
+} col_walk;
+
+#define COL_RUNS(p, sel, r, owner, upos, base, w, EMIT)                                           \
+  do {                                                                                           \
+    for (int s_ = 0; s_ < (p)->nranks; s_++) (w).cur[s_] = (base)[s_], (w).rl[s_] = 0;          \
+    for (int64_t e_ = (sel)->vrow_ptr[r]; e_ < (sel)->vrow_ptr[(r) + 1]; e_++) {                 \
+      const int64_t pos_ = (sel)->vcol[e_];                                                      \
+      const int s_ = (owner)[pos_ / (p)->bk];                                                    \
+      while ((upos)[s_][(w).cur[s_]] < pos_) (w).cur[s_]++;                                      \
+      const int64_t ix_ = (w).cur[s_];                                                           \
+      if ((w).rl[s_] > 0 && ix_ == (w).rs[s_] + (w).rl[s_] && (w).rl[s_] < (p)->bk) {            \
+        (w).rl[s_]++;                                                                            \
+      } else {                                                                                   \
+        if ((w).rl[s_] > 0) {                                                                    \
+          const int es_ = s_;                                                                    \
+          const int64_t ef_ = (w).rs[s_], ec_ = (w).rl[s_];                                      \
+          EMIT;                                                                                  \
+        }                                                                                        \
+        (w).rs[s_] = ix_, (w).rl[s_] = 1;                                                        \
+      }                                                                                          \
+    }                                                                                            \
+    for (int s_ = 0; s_ < (p)->nranks; s_++)                                                     \
+      if ((w).rl[s_] > 0) {                                                                      \
+        const int es_ = s_;                                                                      \
+        const int64_t ef_ = (w).rs[s_], ec_ = (w).rl[s_];                                        \
+        EMIT;                                                                                    \
+      }                                                                                          \
+  } while (0)
+
 sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const void *q,
                          const sr_selection *sel, const sr_xplan *x, float *out, float *lse) {
   *a = (sr_attend){.plan = p, .be = be, .q = q, .out = out, .lse = lse, .nsrc = p->nranks};
+  const double tp = sr__now();
   a->scale = 1.0f / sqrtf((float)p->d);
   const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
-  const int P = p->nranks;
+  const int P = p->nranks, H = p->q_heads;
   const bool cols = sel->vrow_ptr != NULL;
   /* int32 slots come from x->slot_of (bounded there); nqb and rows are passed to the kernels
    * as int: sr_plan_init bounds q_heads x nqb_global by INT32_MAX ("q_heads x q-blocks"). */
@@ -91,11 +129,17 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   a->nnz = sr__calloc((size_t)P, sizeof(int64_t));
   a->colrow = sr__calloc((size_t)P, sizeof(int32_t *));
   a->ncolrow = sr__calloc((size_t)P, sizeof(int64_t));
-  int64_t **cptr = cols ? sr__calloc((size_t)P, sizeof(int64_t *)) : NULL;
+  /* Column sharing: a q-head's rows take their columns from one list per (source, q-head),
+   * the union of the head's columns from that source (for Vertical-Slash: its verticals). A
+   * row's chunks are runs of that list, so the work lists hold q_heads x V pool rows instead
+   * of one copy per row. */
+  int32_t **upos = cols ? sr__calloc((size_t)P, sizeof(int32_t *)) : NULL;
+  int64_t *ucnt = cols ? sr__calloc((size_t)P * H + 1, sizeof(int64_t)) : NULL; /* [s][h] */
+  int64_t *ubase = cols ? sr__calloc((size_t)P * H + 1, sizeof(int64_t)) : NULL;
   int32_t *owner = NULL;
   bool oom = false, bad = false;
   if (!a->qpos || !a->row_ptr || !a->slot || !a->kpos || !a->nnz || !a->colrow || !a->ncolrow ||
-      (cols && !cptr))
+      (cols && (!upos || !ucnt || !ubase)))
     goto nomem;
   for (int64_t m = 0; m < p->nqb_local; m++)
     a->qpos[m] = sr_plan_qblock_global(p, p->rank, m) * p->bq;
@@ -105,44 +149,112 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   if (!owner) goto nomem;
   for (int64_t j = 0; j < p->nkb_global; j++) owner[j] = sr_plan_kblock_owner(p, j, NULL);
 
-  /* Entries per source and row: the blocks, then the columns in chunks of up to bk. */
+  if (cols) {
+    /* The unions: mark the head's columns, count them per source, then list them. */
+#pragma omp parallel
+    {
+      uint8_t *mark = calloc((size_t)p->n, 1);
+      if (!mark) {
+#pragma omp atomic write
+        oom = true;
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int h = 0; h < H; h++) {
+        if (!mark) continue;
+        for (int64_t r = (int64_t)h * p->nqb_local; r < (int64_t)(h + 1) * p->nqb_local; r++)
+          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) mark[sel->vcol[e]] = 1;
+        for (int64_t pos = 0; pos < p->n; pos++)
+          if (mark[pos]) {
+            ucnt[(int64_t)owner[pos / p->bk] * H + h]++;
+            mark[pos] = 0;
+          }
+      }
+#pragma omp single
+      {
+        for (int s = 0; s < P; s++) {
+          int64_t t = 0;
+          for (int h = 0; h < H; h++) {
+            ubase[(int64_t)s * H + h] = t;
+            t += ucnt[(int64_t)s * H + h];
+          }
+          a->ncolrow[s] = t;
+          if (t > INT32_MAX) bad = true;
+          a->colrow[s] = sr__alloc((size_t)(t > 0 ? t : 1) * sizeof(int32_t));
+          /* One sentinel past the end: the run walk stops on it. */
+          upos[s] = sr__alloc((size_t)(t + 1) * sizeof(int32_t));
+          if (!a->colrow[s] || !upos[s]) oom = true;
+          else upos[s][t] = INT32_MAX;
+        }
+      }
+#pragma omp for schedule(dynamic, 1)
+      for (int h = 0; h < H; h++) {
+        if (!mark || oom || bad) continue;
+        const int kvh = h / p->group;
+        int64_t fill[SR_MAX_RANKS_FILL];
+        for (int s = 0; s < P && s < SR_MAX_RANKS_FILL; s++) fill[s] = ubase[(int64_t)s * H + h];
+        for (int64_t r = (int64_t)h * p->nqb_local; r < (int64_t)(h + 1) * p->nqb_local; r++)
+          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) mark[sel->vcol[e]] = 1;
+        for (int64_t pos = 0; pos < p->n; pos++) {
+          if (!mark[pos]) continue;
+          mark[pos] = 0;
+          const int s = owner[pos / p->bk];
+          const int64_t f = P <= SR_MAX_RANKS_FILL ? fill[s]++ : -1;
+          if (f < 0) continue;
+          const int64_t row = column_row(p, x, s, kvh, pos);
+          if (row < 0 || row > INT32_MAX) {
+#pragma omp atomic write
+            bad = true;
+            continue;
+          }
+          upos[s][f] = (int32_t)pos;
+          a->colrow[s][f] = (int32_t)row;
+        }
+      }
+      free(mark);
+    }
+    if (P > SR_MAX_RANKS_FILL) bad = true;
+    if (oom) goto nomem;
+    if (bad) goto badcol;
+  }
+
+  /* Entries per source and row: the blocks, then the column runs in chunks of up to bk. */
   for (int s = 0; s < P; s++) {
     a->row_ptr[s] = sr__calloc((size_t)rows + 1, sizeof(int64_t));
     if (!a->row_ptr[s]) goto nomem;
-    if (cols && !(cptr[s] = sr__calloc((size_t)rows + 1, sizeof(int64_t)))) goto nomem;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; r++) {
-    for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
-      a->row_ptr[owner[sel->col[e]]][r + 1]++;
-    if (cols)
-      for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++)
-        cptr[owner[sel->vcol[e] / p->bk]][r + 1]++;
-  }
-  for (int s = 0; s < P; s++) {
+#pragma omp parallel
+  {
+    col_walk w = {malloc((size_t)P * sizeof(int64_t)), malloc((size_t)P * sizeof(int64_t)),
+                  malloc((size_t)P * sizeof(int64_t))};
+    int64_t *base = malloc((size_t)P * sizeof(int64_t));
+    if (!w.cur || !w.rs || !w.rl || !base) {
+#pragma omp atomic write
+      oom = true;
+    }
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-      if (cols) {
-        const int64_t c = cptr[s][r + 1];
-        a->row_ptr[s][r + 1] += (c + p->bk - 1) / p->bk; /* chunks */
-        cptr[s][r + 1] += cptr[s][r];
-      }
-      a->row_ptr[s][r + 1] += a->row_ptr[s][r];
+      if (!base) continue;
+      for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
+        a->row_ptr[owner[sel->col[e]]][r + 1]++;
+      if (!cols) continue;
+      const int h = (int)(r / p->nqb_local);
+      for (int s = 0; s < P; s++) base[s] = ubase[(int64_t)s * H + h];
+      COL_RUNS(p, sel, r, owner, upos, base, w, {
+        (void)ef_;
+        (void)ec_;
+        a->row_ptr[es_][r + 1]++;
+      });
     }
+    free(w.cur), free(w.rs), free(w.rl), free(base);
+  }
+  if (oom) goto nomem;
+  for (int s = 0; s < P; s++) {
+    for (int64_t r = 0; r < rows; r++) a->row_ptr[s][r + 1] += a->row_ptr[s][r];
     a->nnz[s] = a->row_ptr[s][rows];
-    a->ncolrow[s] = cols ? cptr[s][rows] : 0;
-    if (a->ncolrow[s] > INT32_MAX) {
-      sr_attend_free(a);
-      free(owner);
-      for (int t = 0; cptr && t < P; t++) sr__free(cptr[t]);
-      sr__free(cptr);
-      return sr__seterr(SR_ERR_SHAPE, "%lld key columns from one rank exceed the 32-bit "
-                        "work-list limit; use fewer verticals or more ranks",
-                        (long long)a->ncolrow[s]);
-    }
     size_t n = (size_t)(a->nnz[s] > 0 ? a->nnz[s] : 1);
     a->slot[s] = sr__alloc(n * sizeof(int32_t));
     a->kpos[s] = sr__alloc(n * sizeof(int64_t));
-    a->colrow[s] = sr__alloc((size_t)(a->ncolrow[s] > 0 ? a->ncolrow[s] : 1) * sizeof(int32_t));
+    if (!a->colrow[s]) a->colrow[s] = sr__alloc(sizeof(int32_t));
     if (!a->slot[s] || !a->kpos[s] || !a->colrow[s]) goto nomem;
   }
   /* Each row writes only its own ranges of every source's lists. */
@@ -150,13 +262,15 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
 #pragma omp parallel reduction(+ : pairs)
   {
     int64_t *fill = malloc((size_t)P * 2 * sizeof *fill);
-    if (!fill) {
+    col_walk w = {malloc((size_t)P * sizeof(int64_t)), malloc((size_t)P * sizeof(int64_t)),
+                  malloc((size_t)P * sizeof(int64_t))};
+    if (!fill || !w.cur || !w.rs || !w.rl) {
 #pragma omp atomic write
       oom = true;
     }
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
-      if (!fill) continue;
+      if (!fill || !w.cur || !w.rs || !w.rl) continue;
       int kvh = (int)((r / p->nqb_local) / p->group);
       int64_t m = r % p->nqb_local;
       for (int s = 0; s < P; s++) fill[s] = a->row_ptr[s][r];
@@ -169,43 +283,28 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
         pairs += (uint64_t)sr_block_pairs(a->qpos[m], p->bq, j * p->bk, p->bk);
       }
       if (!cols) continue;
-      /* Columns: rows of each source's pool, appended per source in position order; a chunk
-       * entry per bk of them (every column precedes the q-block: all bq rows see it). */
-      int64_t *cf = fill + P;
-      for (int s = 0; s < P; s++) cf[s] = cptr[s][r];
-      for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) {
-        const int64_t pos = sel->vcol[e];
-        const int s = owner[pos / p->bk];
-        const int64_t row = column_row(p, x, s, kvh, pos);
-        if (row < 0 || row > INT32_MAX) {
-#pragma omp atomic write
-          bad = true;
-          continue;
-        }
-        a->colrow[s][cf[s]++] = (int32_t)row;
-      }
-      for (int s = 0; s < P; s++)
-        for (int64_t c0 = cptr[s][r]; c0 < cptr[s][r + 1]; c0 += p->bk) {
-          const int64_t cnt = cptr[s][r + 1] - c0 < p->bk ? cptr[s][r + 1] - c0 : p->bk;
-          const int64_t f = fill[s]++;
-          a->slot[s][f] = (int32_t)c0;
-          a->kpos[s][f] = -cnt;
-          pairs += (uint64_t)(cnt * p->bq);
-        }
+      /* Column chunks: every column precedes the q-block, so all bq rows see each key. */
+      const int h = (int)(r / p->nqb_local);
+      int64_t *base = fill + P;
+      for (int s = 0; s < P; s++) base[s] = ubase[(int64_t)s * H + h];
+      COL_RUNS(p, sel, r, owner, upos, base, w, {
+        const int64_t f_ = fill[es_]++;
+        a->slot[es_][f_] = (int32_t)ef_;
+        a->kpos[es_][f_] = -ec_;
+        pairs += (uint64_t)(ec_ * p->bq);
+      });
     }
     free(fill);
+    free(w.cur), free(w.rs), free(w.rl);
   }
   free(owner);
   owner = NULL;
-  for (int t = 0; cptr && t < P; t++) sr__free(cptr[t]);
-  sr__free(cptr);
-  cptr = NULL;
+  for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
+  sr__free(upos), sr__free(ucnt), sr__free(ubase);
+  upos = NULL, ucnt = NULL, ubase = NULL;
   if (oom) goto nomem;
-  if (bad) {
-    sr_attend_free(a);
-    return sr__seterr(SR_ERR_INTERNAL, "a selected key column has no place in the exchange plan");
-  }
   a->pairs_computed = pairs;
+  sr__prof("attend: work lists", tp);
   if (P > 1) {
     size_t nrow = (size_t)p->q_heads * (size_t)p->n_local;
     if (be->alloc(nrow * (size_t)p->d * sizeof(float), (void **)&a->part_out) != SR_OK ||
@@ -213,10 +312,17 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
       goto nomem;
   }
   return SR_OK;
+badcol:
+  free(owner);
+  for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
+  sr__free(upos), sr__free(ucnt), sr__free(ubase);
+  sr_attend_free(a);
+  return sr__seterr(SR_ERR_INTERNAL, "a selected key column has no place in the exchange plan "
+                    "(or the column lists pass 32 bits)");
 nomem:
   free(owner);
-  for (int t = 0; cptr && t < P; t++) sr__free(cptr[t]);
-  sr__free(cptr);
+  for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
+  sr__free(upos), sr__free(ucnt), sr__free(ubase);
   sr_attend_free(a);
   return sr__seterr(SR_ERR_NOMEM, "out of memory building attention work lists");
 }

@@ -64,6 +64,9 @@ void sr__free(void *p);
 
 /* Wall clock in seconds (monotonic). */
 double sr__now(void);
+/* SR_PROFILE=1 in the environment: rank-local sub-phase times on stderr ("# profile what: s"),
+ * for finding where a phase's time goes. Costs one getenv per call. */
+void sr__prof(const char *what, double t0);
 /* CPUs in this process's affinity mask (0 if unknown). */
 int sr__affinity_cpus(void);
 

@@ -172,3 +172,12 @@ void sr__poison_f32(float *x, size_t n) {
 }
 
 char *sr__strdup(const char *s) { return s ? strdup(s) : NULL; }
+
+void sr__prof(const char *what, double t0) {
+  static int on = -1;
+  if (on < 0) {
+    const char *e = getenv("SR_PROFILE");
+    on = e && *e && strcmp(e, "0") != 0;
+  }
+  if (on) fprintf(stderr, "# profile %s: %.4f s\n", what, sr__now() - t0);
+}

@@ -699,7 +699,7 @@ static void test_attn_columns(void **state) {
 
 #ifdef SR_CUDA
 /*
- * Throughput of column chunks against blocks (printed, and a loose bound): the same number of
+ * Throughput of column chunks against blocks (printed, not asserted): the same number of
  * entries per row, either causal blocks that need no mask or full chunks of bk scattered past
  * keys, through the automatic kernel. The gather loads 16-byte pieces of each row like a
  * block load, so a chunk should cost about what a block does.
@@ -764,8 +764,7 @@ static void test_attn_columns_speed(void **state) {
             "chunks %.3f ms (x%.2f)\n",
             sr__cuda_attn_name(sr__cuda_attn_last()), bq, d, per_row, (double)ms[0],
             (double)ms[1], (double)(ms[1] / ms[0]));
-    if (!(ms[1] <= 3.0f * ms[0] + 0.05f))
-      fail_msg("column chunks run %.2fx slower than blocks", (double)(ms[1] / ms[0]));
+    /* Printed only: speed is judged in the benchmarks (bench/methods), not in unit tests. */
     gpu->free(dq), gpu->free(dk), gpu->free(dv), gpu->free(dout), gpu->free(dlse);
     free(x), free(qpos), free(row_ptr), free(kpos), free(slot), free(colrow);
   }

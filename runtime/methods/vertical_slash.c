@@ -13,7 +13,10 @@
 sr_status sr__vs_patterns(const sr_method_in *in, int round_bf16, double alpha,
                           int64_t min_budget, int64_t V, int64_t S, sr_vs_pattern **out) {
   sr_vs_est est;
+  double tp = sr__now();
   SR_TRY(sr_vs_estimate(in, in->cfg->last_q, round_bf16, &est));
+  sr__prof("summarise: estimate", tp);
+  tp = sr__now();
   const int H = in->p->q_heads;
   const int64_t n = in->p->n;
   sr_vs_pattern *pt = calloc(1, sizeof *pt);
@@ -52,6 +55,7 @@ sr_status sr__vs_patterns(const sr_method_in *in, int round_bf16, double alpha,
     }
   }
   sr_vs_est_free(&est);
+  sr__prof("summarise: pick", tp);
   if (st != SR_OK) {
     if (pt) sr_vs_pattern_free(pt);
     free(pt);

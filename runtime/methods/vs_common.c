@@ -66,6 +66,7 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
   }
   if (st == SR_OK) st = be->alloc((size_t)W * d * sizeof(float), (void **)&qwd);
   if (st == SR_OK) st = be->alloc((size_t)W * nl * sizeof(float), (void **)&L);
+  double tp = sr__now();
   /* The window rows this rank holds (a run is consecutive positions). */
   for (int c = 0; c < nruns && st == SR_OK; c++) {
     const int64_t lo = starts[c] > q0 ? starts[c] : q0;
@@ -83,6 +84,8 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
     st = sr_comm_agree(in->comm, MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, qw, (int)(H * W * d),
                                                        MPI_FLOAT, MPI_SUM, in->comm),
                                          "MPI_Allreduce(window queries)"));
+  sr__prof("estimate: alloc + window rows", tp);
+  tp = sr__now();
   const float scale = 1.0f / sqrtf((float)d);
   for (int h = 0; h < H && st == SR_OK; h++) {
     const void *k = (const char *)in->k + (size_t)(h / p->group) * nl * d * eb;
@@ -105,6 +108,8 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
                        vloc + (size_t)h * nl, est->slash + (size_t)h * n);
     st = sr_comm_agree(in->comm, st);
   }
+  sr__prof("estimate: per-head ops", tp);
+  tp = sr__now();
   /* Verticals: each key has one owner; gather them into global positions. */
   if (st == SR_OK) {
     vall = sr__alloc((size_t)H * nl * (size_t)p->nranks * sizeof(int64_t));
@@ -129,6 +134,7 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
                                                        MPI_INT64_T, MPI_SUM, in->comm),
                                          "MPI_Allreduce(slash sums)"));
   }
+  sr__prof("estimate: reductions", tp);
   be->free(qwd);
   be->free(L);
   sr__free(qw);
@@ -267,6 +273,7 @@ void sr_vs_convert(int64_t qs, int bq, int bk, const int32_t *s, int64_t ns, con
 }
 
 sr_status sr_vs_select(const sr_plan *p, const sr_vs_pattern *pt, sr_selection *sel) {
+  double tp = sr__now();
   SR_TRY(sr__selection_alloc_rows(p, sel));
   const int64_t nqb = p->nqb_local, rows = (int64_t)p->q_heads * nqb;
   int64_t maxv = 1;
@@ -330,6 +337,7 @@ sr_status sr_vs_select(const sr_plan *p, const sr_vs_pattern *pt, sr_selection *
   for (int h = 0; h < p->q_heads; h++) sv += (double)pt->nv[h], ss += (double)pt->ns[h];
   sel->budget_v = sv / p->q_heads;
   sel->budget_s = ss / p->q_heads;
+  sr__prof("select: conversion", tp);
   return SR_OK;
 }
 
