@@ -517,20 +517,25 @@ static void test_convert_random(void **st) {
   fprintf(stderr, "# convert: %lld random q-blocks vs the bitmap reference\n", (long long)cases);
 }
 
-/* sr_vs.h: "tiles needs room for min(2 ns, blocks) ids". A buffer of exactly that size with a
- * guard after it; the guard must survive. */
+/* sr_vs.h: "tiles needs room for min(ns * (floor((bq - 1) / bk) + 2), blocks) ids". A buffer of
+ * exactly that size with a guard after it; the guard must survive. */
+static int64_t tile_room(int64_t ns, int bq, int bk, int64_t blocks) {
+  const int64_t per = (bq - 1) / bk + 2;
+  return ns * per < blocks ? ns * per : blocks;
+}
+
 static void test_convert_room(void **st) {
   (void)st;
-  { /* By hand: qs=256, bq=128, bk=64, one slash o=1 covers keys [255, 382]: blocks 3, 4, 5,
-     * three tiles where sr_vs.h promises that min(2 ns, blocks) = 2 suffice. */
+  { /* By hand: qs=256, bq=128, bk=64, one slash o=1 covers keys [255, 382]: blocks 3, 4, 5 =
+     * floor(127 / 64) + 2 = 3 tiles, exactly the room sr_vs.h asks for. */
     const int32_t one[1] = {1};
     int32_t tiles[8] = {-9, -9, -9, -9, -9, -9, -9, -9}, cols[1];
     int64_t nt, nc;
     sr_vs_convert(256, 128, 64, one, 1, NULL, 0, tiles, &nt, cols, &nc);
-    if (nt > 2)
-      fail_msg("sr_vs_convert(qs=256, bq=128, bk=64, s={1}) writes %lld tiles {%d %d %d}, more "
-               "than the room sr_vs.h asks the caller for (min(2 ns, blocks) = 2)", (long long)nt,
-               tiles[0], tiles[1], tiles[2]);
+    assert_int_equal(nt, 3);
+    assert_int_equal(tiles[0], 3);
+    assert_int_equal(tiles[2], 5);
+    assert_true(nt <= tile_room(1, 128, 64, 6));
   }
   uint64_t s = g_seed ^ 0x2003;
   const int geo[4][2] = {{64, 64}, {64, 128}, {16, 32}, {128, 64}};
@@ -546,7 +551,7 @@ static void test_convert_room(void **st) {
       int64_t u = 1; /* unique */
       for (int64_t i = 1; i < ns; i++)
         if (so[i] != so[u - 1]) so[u++] = so[i];
-      const int64_t room = 2 * u < blocks ? 2 * u : blocks;
+      const int64_t room = tile_room(u, bq, bk, blocks);
       /* Allocated for every block (an overflow must not corrupt the heap), guarded at room. */
       int32_t *tiles = malloc((size_t)(blocks + 4) * 4), cols[1];
       for (int64_t i = 0; i < blocks + 4; i++) tiles[i] = -9;
@@ -554,8 +559,8 @@ static void test_convert_room(void **st) {
       sr_vs_convert(qs, bq, bk, so, u, NULL, 0, tiles, &nt, cols, &nc);
       if (nt > room || tiles[room] != -9)
         fail_msg("convert qs=%lld bq=%d bk=%d, %lld slash(es) (first %d): %lld tiles, more than the "
-                 "room sr_vs.h asks for, min(2 ns, blocks) = %lld", (long long)qs, bq, bk,
-                 (long long)u, so[0], (long long)nt, (long long)room);
+                 "room sr_vs.h asks for = %lld", (long long)qs, bq, bk, (long long)u, so[0],
+                 (long long)nt, (long long)room);
       free(tiles);
     }
 }

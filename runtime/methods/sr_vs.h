@@ -51,7 +51,8 @@ sr_status sr_vs_pick(const int64_t *vert, const int64_t *slash, int64_t n, int64
  * each slash offset o < qs + bq covers the keys [max(qs - o, 0), qs + bq - 1 - o]; the key
  * blocks (size bk) those ranges touch are the tiles, ascending and unique. A vertical is kept
  * as a column iff it lies before qs and in no tile. s: offsets in descending order; v:
- * ascending. tiles needs room for min(2 ns, blocks) ids, cols for nv. */
+ * ascending. tiles needs room for min(ns * (floor((bq - 1) / bk) + 2), blocks) ids (a band of bq
+ * keys touches up to that many blocks), cols for nv. */
 void sr_vs_convert(int64_t qs, int bq, int bk, const int32_t *s, int64_t ns, const int32_t *v,
                    int64_t nv, int32_t *tiles, int64_t *ntiles, int32_t *cols, int64_t *ncols);
 
