@@ -52,22 +52,26 @@ static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection
   if (!cneed || !cs || !cr || !ds || !dr || !x->creq_off || !x->csend_off)
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
   int64_t nreq = 0;
+  int32_t *bown = sr__alloc((size_t)p->nkb_global * sizeof(int32_t));
+  if (st == SR_OK && !bown) st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
   if (st == SR_OK) {
-    for (int h = 0; h < sel->q_heads; h++) {
-      const int kvh = h / p->group;
-      for (int64_t m = 0; m < sel->nqb; m++) {
-        const int64_t r = h * sel->nqb + m;
-        for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) {
-          const int64_t pos = sel->vcol[e];
-          if (sr_plan_owner_of_pos(p, pos) == me) continue;
-          if (need[kvh * p->nkb_global + pos / p->bk]) continue; /* comes with its block */
-          cneed[kvh * n + pos] = 1;
+    for (int64_t j = 0; j < p->nkb_global; j++) bown[j] = sr_plan_kblock_owner(p, j, NULL);
+    /* One kv-head per task: its q-heads write only its part of cneed. */
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int kvh = 0; kvh < p->kv_heads; kvh++)
+      for (int h = kvh * p->group; h < (kvh + 1) * p->group; h++)
+        for (int64_t m = 0; m < sel->nqb; m++) {
+          const int64_t r = h * sel->nqb + m;
+          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) {
+            const int64_t pos = sel->vcol[e], b = pos / p->bk;
+            if (bown[b] == me) continue;
+            if (need[kvh * p->nkb_global + b]) continue; /* comes with its block */
+            cneed[kvh * n + pos] = 1;
+          }
         }
-      }
-    }
     for (int64_t id = 0; id < ncid; id++)
       if (cneed[id]) {
-        x->creq_off[sr_plan_owner_of_pos(p, id % n) + 1]++;
+        x->creq_off[bown[(id % n) / p->bk] + 1]++;
         nreq++;
       }
     for (int o = 0; o < P; o++) x->creq_off[o + 1] += x->creq_off[o];
@@ -78,7 +82,7 @@ static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection
     int64_t fill[P];
     for (int o = 0; o < P; o++) fill[o] = x->creq_off[o];
     for (int64_t id = 0; id < ncid; id++)
-      if (cneed[id]) x->creq_ids[fill[sr_plan_owner_of_pos(p, id % n)]++] = id;
+      if (cneed[id]) x->creq_ids[fill[bown[(id % n) / p->bk]]++] = id;
     for (int o = 0; o < P; o++) {
       const int64_t c = x->creq_off[o + 1] - x->creq_off[o];
       if (c > INT_MAX || x->creq_off[o] > INT_MAX) {
@@ -91,6 +95,7 @@ static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection
     }
   }
   sr__free(cneed);
+  sr__free(bown);
   st = sr_comm_agree(comm, st);
   if (st == SR_OK)
     st = sr_comm_agree(comm, sr__mpi_check(MPI_Alltoall(cs, 1, MPI_INT, cr, 1, MPI_INT, comm),
@@ -266,8 +271,9 @@ done:
         x->send_slots[i] = (int32_t)(h * p->nkb_local + lb); /* < nids (sr_plan_init) */
       }
     }
-    /* Every rank has the same method, so either all build column lists or none. */
-    if (sel->vrow_ptr) {
+    /* Every rank has the same method, so either all build column lists or none (one rank:
+     * every column is local, there is nothing to request). */
+    if (sel->vrow_ptr && P > 1) {
       st = sr_comm_agree(comm, st);
       if (st == SR_OK) st = build_columns(x, p, sel, need, comm);
     }

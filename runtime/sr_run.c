@@ -283,6 +283,7 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   /* exchange plan + ring */
   t0 = sr__now();
   st = sr_xplan_build(&s.x, p, &s.sel, cfg->exchange, w->comm);
+  sr__prof("exchange plan", t0);
   if (st != SR_OK) goto done;
   st = sr_comm_agree(w->comm, sr_attend_init(&s.att, p, be, s.q, &s.sel, &s.x, s.out, s.lse));
   if (st != SR_OK) goto done;

@@ -40,15 +40,16 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
   const int64_t q0 = n - W; /* first window query */
   const size_t eb = be->elem_bytes;
   *est = (sr_vs_est){.q_heads = H, .W = W, .n = n};
+  const double t_all = sr__now();
   int64_t starts[SR_MAX_CHUNKS_PER_RANK];
   const int nruns = sr_plan_runs(p, p->rank, starts);
   const int64_t run_len = p->chunk_tokens;
   float *qw = NULL, *qwd = NULL, *L = NULL, *mx = NULL, *gmax = NULL, *inv = NULL;
-  int64_t *sums = NULL, *tot = NULL, *vloc = NULL, *vall = NULL;
+  int64_t *sums = NULL, *tot = NULL, *vloc = NULL;
   sr_status st = SR_OK;
 
   /* Every MPI count below is an int. */
-  if ((int64_t)H * W * d > INT_MAX || (int64_t)H * n > INT_MAX || (int64_t)H * nl > INT_MAX)
+  if ((int64_t)H * W * d > INT_MAX || (int64_t)H * n > INT_MAX)
     st = sr__seterr(SR_ERR_SHAPE, "the estimate of %d q-heads x %lld tokens (window %d) exceeds "
                     "32-bit MPI counts", H, (long long)n, W);
   if (st == SR_OK) {
@@ -58,14 +59,17 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
     inv = sr__alloc((size_t)W * sizeof(float));
     sums = sr__alloc((size_t)W * sizeof(int64_t));
     tot = sr__alloc((size_t)W * sizeof(int64_t));
-    vloc = sr__calloc((size_t)H * nl, sizeof(int64_t));
+    vloc = sr__alloc((size_t)nl * sizeof(int64_t));
     est->slash = sr__calloc((size_t)H * n, sizeof(int64_t));
-    est->vert = sr__alloc((size_t)H * n * sizeof(int64_t));
+    /* Each rank fills the positions it owns; the rest stay 0 for the sum over ranks. */
+    est->vert = p->nranks > 1 ? sr__calloc((size_t)H * n, sizeof(int64_t))
+                              : sr__alloc((size_t)H * n * sizeof(int64_t));
     if (!qw || !mx || !gmax || !inv || !sums || !tot || !vloc || !est->slash || !est->vert)
       st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Vertical-Slash estimate");
   }
   if (st == SR_OK) st = be->alloc((size_t)W * d * sizeof(float), (void **)&qwd);
   if (st == SR_OK) st = be->alloc((size_t)W * nl * sizeof(float), (void **)&L);
+  sr__prof("estimate: alloc", t_all);
   double tp = sr__now();
   /* The window rows this rank holds (a run is consecutive positions). */
   for (int c = 0; c < nruns && st == SR_OK; c++) {
@@ -104,37 +108,28 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
     if (st != SR_OK) break;
     for (int i = 0; i < W; i++)
       inv[i] = tot[i] > 0 ? (float)(4294967296.0 / (double)tot[i]) : 0.0f;
-    st = be->est_accum(L, W, nl, q0, starts, run_len, gmax, inv, round_bf16, n,
-                       vloc + (size_t)h * nl, est->slash + (size_t)h * n);
+    memset(vloc, 0, (size_t)nl * sizeof(int64_t));
+    st = be->est_accum(L, W, nl, q0, starts, run_len, gmax, inv, round_bf16, n, vloc,
+                       est->slash + (size_t)h * n);
+    for (int c = 0; c < nruns && st == SR_OK; c++) /* local rows -> global positions */
+      memcpy(est->vert + (size_t)h * n + starts[c], vloc + (size_t)c * run_len,
+             (size_t)run_len * sizeof(int64_t));
     st = sr_comm_agree(in->comm, st);
   }
   sr__prof("estimate: per-head ops", tp);
   tp = sr__now();
-  /* Verticals: each key has one owner; gather them into global positions. */
-  if (st == SR_OK) {
-    vall = sr__alloc((size_t)H * nl * (size_t)p->nranks * sizeof(int64_t));
-    st = sr_comm_agree(in->comm, vall ? SR_OK : sr__seterr(SR_ERR_NOMEM, "out of memory for "
-                                                           "the vertical sums"));
-  }
-  if (st == SR_OK)
-    st = sr_comm_agree(in->comm, MPI_TRY(MPI_Allgather(vloc, (int)(H * nl), MPI_INT64_T, vall,
-                                                       (int)(H * nl), MPI_INT64_T, in->comm),
-                                         "MPI_Allgather(vertical sums)"));
-  if (st == SR_OK) {
-    for (int r = 0; r < p->nranks; r++) {
-      int64_t rs[SR_MAX_CHUNKS_PER_RANK];
-      const int nr = sr_plan_runs(p, r, rs);
-      for (int h = 0; h < H; h++)
-        for (int c = 0; c < nr; c++)
-          memcpy(est->vert + (size_t)h * n + rs[c],
-                 vall + ((size_t)r * H + h) * nl + (size_t)c * run_len,
-                 (size_t)run_len * sizeof(int64_t));
-    }
+  /* Verticals: each position was filled by its owner only (zeros elsewhere); slashes: every
+   * rank has a part of each offset. Integer sums: exact in any order. One rank: nothing to do. */
+  if (st == SR_OK && p->nranks > 1)
+    st = sr_comm_agree(in->comm, MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, est->vert, (int)(H * n),
+                                                       MPI_INT64_T, MPI_SUM, in->comm),
+                                         "MPI_Allreduce(vertical sums)"));
+  if (st == SR_OK && p->nranks > 1)
     st = sr_comm_agree(in->comm, MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, est->slash, (int)(H * n),
                                                        MPI_INT64_T, MPI_SUM, in->comm),
                                          "MPI_Allreduce(slash sums)"));
-  }
   sr__prof("estimate: reductions", tp);
+  tp = sr__now();
   be->free(qwd);
   be->free(L);
   sr__free(qw);
@@ -144,8 +139,8 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
   sr__free(sums);
   sr__free(tot);
   sr__free(vloc);
-  sr__free(vall);
   if (st != SR_OK) sr_vs_est_free(est);
+  sr__prof("estimate: free", tp);
   return st;
 }
 
