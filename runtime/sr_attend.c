@@ -9,6 +9,11 @@
 #include "sr_attend.h"
 #include "sr_internal.h"
 
+static int cmp_i32(const void *a, const void *b) {
+  const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
 /* Ranks whose column lists one thread fills at once (a stack array). */
 #define SR_MAX_RANKS_FILL 4096
 
@@ -150,68 +155,85 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   for (int64_t j = 0; j < p->nkb_global; j++) owner[j] = sr_plan_kblock_owner(p, j, NULL);
 
   if (cols) {
-    /* The unions: mark the head's columns, count them per source, then list them. */
-#pragma omp parallel
+    /* The unions: mark the head's columns, listing each the first time it is seen; sort the
+     * list (at most the head's verticals) and count it per source. */
+    int32_t **ul = calloc((size_t)H, sizeof *ul);
+    int64_t *uln = calloc((size_t)H, sizeof *uln);
+    if (!ul || !uln) oom = true;
+#pragma omp parallel if (!oom)
     {
       uint8_t *mark = calloc((size_t)p->n, 1);
-      if (!mark) {
+      int32_t *list = malloc((size_t)p->n * sizeof *list);
+      if (!mark || !list) {
 #pragma omp atomic write
         oom = true;
       }
 #pragma omp for schedule(dynamic, 1)
       for (int h = 0; h < H; h++) {
-        if (!mark) continue;
+        if (!mark || !list) continue;
+        int64_t nl = 0;
         for (int64_t r = (int64_t)h * p->nqb_local; r < (int64_t)(h + 1) * p->nqb_local; r++)
-          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) mark[sel->vcol[e]] = 1;
-        for (int64_t pos = 0; pos < p->n; pos++)
-          if (mark[pos]) {
-            ucnt[(int64_t)owner[pos / p->bk] * H + h]++;
-            mark[pos] = 0;
+          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) {
+            const int32_t pos = sel->vcol[e];
+            if (!mark[pos]) {
+              mark[pos] = 1;
+              list[nl++] = pos;
+            }
           }
-      }
-#pragma omp single
-      {
-        for (int s = 0; s < P; s++) {
-          int64_t t = 0;
-          for (int h = 0; h < H; h++) {
-            ubase[(int64_t)s * H + h] = t;
-            t += ucnt[(int64_t)s * H + h];
-          }
-          a->ncolrow[s] = t;
-          if (t > INT32_MAX) bad = true;
-          a->colrow[s] = sr__alloc((size_t)(t > 0 ? t : 1) * sizeof(int32_t));
-          /* One sentinel past the end: the run walk stops on it. */
-          upos[s] = sr__alloc((size_t)(t + 1) * sizeof(int32_t));
-          if (!a->colrow[s] || !upos[s]) oom = true;
-          else upos[s][t] = INT32_MAX;
-        }
-      }
-#pragma omp for schedule(dynamic, 1)
-      for (int h = 0; h < H; h++) {
-        if (!mark || oom || bad) continue;
-        const int kvh = h / p->group;
-        int64_t fill[SR_MAX_RANKS_FILL];
-        for (int s = 0; s < P && s < SR_MAX_RANKS_FILL; s++) fill[s] = ubase[(int64_t)s * H + h];
-        for (int64_t r = (int64_t)h * p->nqb_local; r < (int64_t)(h + 1) * p->nqb_local; r++)
-          for (int64_t e = sel->vrow_ptr[r]; e < sel->vrow_ptr[r + 1]; e++) mark[sel->vcol[e]] = 1;
-        for (int64_t pos = 0; pos < p->n; pos++) {
-          if (!mark[pos]) continue;
-          mark[pos] = 0;
-          const int s = owner[pos / p->bk];
-          const int64_t f = P <= SR_MAX_RANKS_FILL ? fill[s]++ : -1;
-          if (f < 0) continue;
-          const int64_t row = column_row(p, x, s, kvh, pos);
-          if (row < 0 || row > INT32_MAX) {
+        qsort(list, (size_t)nl, sizeof *list, cmp_i32);
+        ul[h] = malloc((size_t)(nl > 0 ? nl : 1) * sizeof **ul);
+        if (!ul[h]) {
 #pragma omp atomic write
-            bad = true;
-            continue;
-          }
-          upos[s][f] = (int32_t)pos;
-          a->colrow[s][f] = (int32_t)row;
+          oom = true;
+        } else {
+          memcpy(ul[h], list, (size_t)nl * sizeof *list);
+        }
+        uln[h] = nl;
+        for (int64_t i = 0; i < nl; i++) {
+          mark[list[i]] = 0;
+          ucnt[(int64_t)owner[list[i] / p->bk] * H + h]++;
         }
       }
       free(mark);
+      free(list);
     }
+    for (int s = 0; s < P && !oom; s++) {
+      int64_t t = 0;
+      for (int h = 0; h < H; h++) {
+        ubase[(int64_t)s * H + h] = t;
+        t += ucnt[(int64_t)s * H + h];
+      }
+      a->ncolrow[s] = t;
+      if (t > INT32_MAX) bad = true;
+      a->colrow[s] = sr__alloc((size_t)(t > 0 ? t : 1) * sizeof(int32_t));
+      /* One sentinel past the end: the run walk stops on it. */
+      upos[s] = sr__alloc((size_t)(t + 1) * sizeof(int32_t));
+      if (!a->colrow[s] || !upos[s]) oom = true;
+      else upos[s][t] = INT32_MAX;
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (!oom && !bad)
+    for (int h = 0; h < H; h++) {
+      if (oom || bad || P > SR_MAX_RANKS_FILL) continue;
+      const int kvh = h / p->group;
+      int64_t fill[SR_MAX_RANKS_FILL];
+      for (int s = 0; s < P; s++) fill[s] = ubase[(int64_t)s * H + h];
+      for (int64_t i = 0; i < uln[h]; i++) {
+        const int64_t pos = ul[h][i];
+        const int s = owner[pos / p->bk];
+        const int64_t f = fill[s]++;
+        const int64_t row = column_row(p, x, s, kvh, pos);
+        if (row < 0 || row > INT32_MAX) {
+#pragma omp atomic write
+          bad = true;
+          continue;
+        }
+        upos[s][f] = (int32_t)pos;
+        a->colrow[s][f] = (int32_t)row;
+      }
+    }
+    for (int h = 0; ul && h < H; h++) free(ul[h]);
+    free(ul);
+    free(uln);
     if (P > SR_MAX_RANKS_FILL) bad = true;
     if (oom) goto nomem;
     if (bad) goto badcol;

@@ -32,6 +32,36 @@ void sr_vs_pattern_free(sr_vs_pattern *pt) {
 
 #define MPI_TRY(call, what) sr__mpi_check((call), (what), __FILE__, __LINE__)
 
+/* The score buffer (W x local keys, backend memory: 128 MB at 128K tokens on one GPU) is kept
+ * from one layer to the next: allocating it per layer cost as much as a third of the
+ * estimate on a GPU. Released at exit. */
+static struct {
+  const sr_backend *be;
+  void *p;
+  size_t bytes;
+} score_cache;
+
+static void score_cache_release(void) {
+  if (score_cache.p) score_cache.be->free(score_cache.p);
+  score_cache.p = NULL;
+  score_cache.bytes = 0;
+}
+
+static sr_status score_buffer(const sr_backend *be, size_t bytes, float **L) {
+  if (score_cache.p && score_cache.be == be && score_cache.bytes >= bytes) {
+    *L = score_cache.p;
+    return SR_OK;
+  }
+  static int registered = 0;
+  if (!registered) registered = atexit(score_cache_release) == 0;
+  score_cache_release();
+  SR_TRY(be->alloc(bytes, &score_cache.p));
+  score_cache.be = be;
+  score_cache.bytes = bytes;
+  *L = score_cache.p;
+  return SR_OK;
+}
+
 sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_vs_est *est) {
   const sr_plan *p = in->p;
   const sr_backend *be = in->be;
@@ -68,7 +98,7 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
       st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Vertical-Slash estimate");
   }
   if (st == SR_OK) st = be->alloc((size_t)W * d * sizeof(float), (void **)&qwd);
-  if (st == SR_OK) st = be->alloc((size_t)W * nl * sizeof(float), (void **)&L);
+  if (st == SR_OK) st = score_buffer(be, (size_t)W * nl * sizeof(float), &L);
   sr__prof("estimate: alloc", t_all);
   double tp = sr__now();
   /* The window rows this rank holds (a run is consecutive positions). */
@@ -130,8 +160,7 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
                                          "MPI_Allreduce(slash sums)"));
   sr__prof("estimate: reductions", tp);
   tp = sr__now();
-  be->free(qwd);
-  be->free(L);
+  be->free(qwd); /* L stays in score_cache */
   sr__free(qw);
   sr__free(mx);
   sr__free(gmax);
