@@ -90,10 +90,11 @@ sr_status sr_vs_estimate(const sr_method_in *in, int W_cfg, int round_bf16, sr_v
     sums = sr__alloc((size_t)W * sizeof(int64_t));
     tot = sr__alloc((size_t)W * sizeof(int64_t));
     vloc = sr__alloc((size_t)nl * sizeof(int64_t));
-    est->slash = sr__calloc((size_t)H * n, sizeof(int64_t));
+    /* calloc: fresh zero pages from the system, not a second pass over q_heads x N int64. */
+    est->slash = calloc((size_t)H * n, sizeof(int64_t));
     /* Each rank fills the positions it owns; the rest stay 0 for the sum over ranks. */
-    est->vert = p->nranks > 1 ? sr__calloc((size_t)H * n, sizeof(int64_t))
-                              : sr__alloc((size_t)H * n * sizeof(int64_t));
+    est->vert = p->nranks > 1 ? calloc((size_t)H * n, sizeof(int64_t))
+                              : malloc((size_t)H * n * sizeof(int64_t));
     if (!qw || !mx || !gmax || !inv || !sums || !tot || !vloc || !est->slash || !est->vert)
       st = sr__seterr(SR_ERR_NOMEM, "out of memory for the Vertical-Slash estimate");
   }
