@@ -14,6 +14,9 @@ MODE=${1:?quality, time or bytes}
 BIN=${2:-build-gpu/sparsering}
 OUT=${3:-study_$MODE}
 mkdir -p "$OUT"
+# The device, for the summary's header.
+{ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 ||
+  true; lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1; } >"$OUT/device.txt"
 run() { # name ranks args...
   local name=$1 np=$2
   shift 2

@@ -45,7 +45,15 @@ for path in sorted(glob.glob(os.path.join(d, "*.json"))):
 key = lambda r: (r["seq_len"] or 0, r.get("ranks") or 0, r["method"] != "dense", r["method"], -r["sparsity_target"])
 recs.sort(key=key)
 hdr = recs[0]["versions"] if recs else "no runs"
+dev = ""
+if os.path.exists(os.path.join(d, "device.txt")):
+    dev = "; ".join(l.strip() for l in open(os.path.join(d, "device.txt")) if l.strip())
 print("# %s; mode %s; %d runs from %s" % (hdr, mode, len(recs), d))
+print("# device: %s" % (dev or "not recorded"))
+if recs:
+    first = json.load(open(os.path.join(d, recs[0]["case"] + ".json")))
+    for line in (first.get("rank_map") or "").strip().split("\n"):
+        print("#   %s" % line)
 if mode == "quality":
     print("# %-15s %6s %8s %9s %9s %9s %8s %8s %8s" % ("method", "target", "N", "sp_paper", "sp_meas",
           "relerr", "relmax", "recall", "needles"))
@@ -72,4 +80,4 @@ else:
         print("  %-15s %6.3f %5d %9.4f %9.4f %12d %12d %8.4f" % (r["method"], r["sparsity_target"], r["ranks"],
               r["sparsity_paper"], r["sparsity_measured"], r["bytes_moved"], r["bytes_dense_ring"],
               r["bytes_ratio"] or 0))
-json.dump({"mode": mode, "runs": recs}, open(out, "w"), indent=1)
+json.dump({"mode": mode, "device": dev, "runs": recs}, open(out, "w"), indent=1)
