@@ -188,3 +188,32 @@ sr_gpu_test(gpu_bytes_check GPUS 2 REQUIRES "gpu_bytes_cpu;gpu_bytes_cuda;gpu_by
             COMMAND cmake -DMODE=bytes -DCPU=${SR_GPU_DIR}/bytes_cpu_np2.json
                     -DCUDA=${SR_GPU_DIR}/bytes_cuda_np2.json -DRING=${SR_GPU_DIR}/bytes_ring_np2.json
                     -DBK=64 -DD=128 -P ${CMAKE_CURRENT_LIST_FILE})
+
+# Vertical-Slash and FlexPrefill on the GPU. Rank-count agreement (np 2 against np 1, which
+# needs 2 GPUs): the estimate's sums are integers, so the selection must be identical. CPU
+# against CUDA, np 1: the estimate scores bf16 inputs on the GPU and fp32 on the CPU, so
+# candidates whose sums are nearly tied may swap across the top-V / top-S cut, and a swapped
+# vertical changes every later row of its q-head (measured on an H200: 52-88% of the rows
+# identical). h5cmp's MINSAME mode requires the rows' tiles and columns to overlap by >= 0.9
+# on average and compares out (2e-2) and lse (1e-1, the bf16 rounding of q and k as for dense)
+# on the identical rows.
+foreach(method vertical_slash flexprefill)
+  foreach(be cpu cuda)
+    sr_gpu_test(gpu_${method}_${be}_np1 GPUS 1 NP 1 FIXTURE gpu_${method}_${be}_np1
+                COMMAND $<TARGET_FILE:sparsering_cli> ${SR_GPU_ARGS} ${SR_GPU_B64}
+                        --set backend=${be} --set attention.method=${method}
+                        -o ${SR_GPU_DIR}/${method}_${be}_np1.h5)
+  endforeach()
+  sr_gpu_test(gpu_${method}_cpu_vs_cuda GPUS 1
+              REQUIRES "gpu_${method}_cpu_np1;gpu_${method}_cuda_np1"
+              COMMAND $<TARGET_FILE:h5cmp> ${SR_GPU_DIR}/${method}_cpu_np1.h5
+                      ${SR_GPU_DIR}/${method}_cuda_np1.h5 2 2e-2 1e-1 0.9)
+  sr_gpu_test(gpu_${method}_cuda_np2 GPUS 2 NP 2 FIXTURE gpu_${method}_cuda_np2
+              COMMAND $<TARGET_FILE:sparsering_cli> ${SR_GPU_ARGS} ${SR_GPU_B64}
+                      --set backend=cuda --set attention.method=${method}
+                      -o ${SR_GPU_DIR}/${method}_cuda_np2.h5)
+  sr_gpu_test(gpu_${method}_agree_np2 GPUS 2
+              REQUIRES "gpu_${method}_cuda_np1;gpu_${method}_cuda_np2"
+              COMMAND $<TARGET_FILE:h5cmp> ${SR_GPU_DIR}/${method}_cuda_np1.h5
+                      ${SR_GPU_DIR}/${method}_cuda_np2.h5 2 1e-2)
+endforeach()

@@ -531,7 +531,7 @@ static void col_world_free(col_world *w) {
       free(w->kpos), free(w->colrow);
 }
 
-static sr_attn_args col_args(const col_world *w) {
+static inline sr_attn_args col_args(const col_world *w) {
   return (sr_attn_args){.q_heads = w->qh, .d = w->d, .bq = w->bq, .bk = w->bk, .nqb = w->nqb,
                         .nq = w->nq, .q = w->q, .qpos = w->qpos, .k = w->kpool, .v = w->vpool,
                         .row_ptr = w->row_ptr, .slot = w->slot, .kpos = w->kpos,
