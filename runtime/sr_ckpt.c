@@ -537,7 +537,9 @@ static sr_status verify(sr_ckpt *c) {
       if (!(c->present[l] & (1u << k))) continue;
       char what[96];
       snprintf(what, sizeof what, "%s (/layers/%d/%s)", c->data, l, sr_ckpt_dataset_names[k]);
-      if (k == SR_CK_INDPTR) {
+      /* A CSR dataset (indices, col_indices) and its row pointer (indptr, col_indptr). */
+      const int csr = k == SR_CK_INDICES || k == SR_CK_COLIDX;
+      if (k == SR_CK_INDPTR || k == SR_CK_COLPTR) {
         if (c->rank != 0) continue;
         if (e->bytes != 8 * (uint64_t)(G + 1)) {
           *sum = ~e->checksum; /* a size that cannot be: reported as a mismatch below */
@@ -548,10 +550,12 @@ static sr_status verify(sr_ckpt *c) {
         bytes_read += e->bytes;
         continue;
       }
-      /* Granule byte ranges: fixed size for out / lse; the CSR rows for indices. */
+      /* Granule byte ranges: fixed size for out / lse; the CSR rows for indices (from indptr)
+       * and col_indices (from col_indptr). */
       uint64_t gsize = k == SR_CK_OUT ? gb_out : k == SR_CK_LSE ? gb_lse : 0;
-      if (k == SR_CK_INDICES) {
-        const sr__extent *ip = &c->ext[(size_t)l * SR_CK_N + SR_CK_INDPTR];
+      if (csr) {
+        const sr__extent *ip =
+            &c->ext[(size_t)l * SR_CK_N + (k == SR_CK_INDICES ? SR_CK_INDPTR : SR_CK_COLPTR)];
         int ok = ip->bytes == 8 * (uint64_t)(G + 1);
         if (ok) st = sr__ckpt_read_all(fd, indptr, ip->bytes, (off_t)ip->offset, what);
         for (int64_t g = 0; ok && st == SR_OK && g < G; g++)
@@ -570,13 +574,12 @@ static sr_status verify(sr_ckpt *c) {
       while (st == SR_OK && g < g1) {
         /* As many whole granules as fit in the buffer (at least one). */
         int64_t ge = g;
-        uint64_t from = k == SR_CK_INDICES ? (uint64_t)indptr[g] * 4 : (uint64_t)g * gsize, to;
+        uint64_t from = csr ? (uint64_t)indptr[g] * 4 : (uint64_t)g * gsize, to;
         do {
           ge++;
-          to = k == SR_CK_INDICES ? (uint64_t)indptr[ge] * 4 : (uint64_t)ge * gsize;
+          to = csr ? (uint64_t)indptr[ge] * 4 : (uint64_t)ge * gsize;
         } while (ge < g1 &&
-                 (k == SR_CK_INDICES ? (uint64_t)indptr[ge + 1] * 4 : (ge + 1) * gsize) - from <=
-                     SR_VERIFY_CHUNK);
+                 (csr ? (uint64_t)indptr[ge + 1] * 4 : (ge + 1) * gsize) - from <= SR_VERIFY_CHUNK);
         uint8_t *p = buf, *big = NULL;
         if (to - from > SR_VERIFY_CHUNK) {
           /* One granule larger than the buffer (a huge CSR row): read it on its own. */
@@ -588,8 +591,8 @@ static sr_status verify(sr_ckpt *c) {
         }
         st = sr__ckpt_read_all(fd, p, to - from, (off_t)(e->offset + from), what);
         for (int64_t q = g; st == SR_OK && q < ge; q++) {
-          uint64_t a = k == SR_CK_INDICES ? (uint64_t)indptr[q] * 4 : (uint64_t)q * gsize;
-          uint64_t b = k == SR_CK_INDICES ? (uint64_t)indptr[q + 1] * 4 : (uint64_t)(q + 1) * gsize;
+          uint64_t a = csr ? (uint64_t)indptr[q] * 4 : (uint64_t)q * gsize;
+          uint64_t b = csr ? (uint64_t)indptr[q + 1] * 4 : (uint64_t)(q + 1) * gsize;
           *sum += sr_xxh64(p + (a - from), b - a, (uint64_t)q);
         }
         bytes_read += to - from;

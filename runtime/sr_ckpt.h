@@ -57,16 +57,21 @@
 /* XXH64 (Yann Collet's xxHash, 64-bit variant) of len bytes. */
 uint64_t sr_xxh64(const void *data, size_t len, uint64_t seed);
 
-/* The datasets of a layer, in checksum order. */
-enum { SR_CK_OUT, SR_CK_LSE, SR_CK_INDPTR, SR_CK_INDICES, SR_CK_N };
+/* The datasets of a layer, in checksum order. COLPTR / COLIDX: selection/col_indptr and
+ * selection/col_indices, the key columns of vertical_slash and flexprefill (sel->vrow_ptr);
+ * never present for the other methods. */
+enum { SR_CK_OUT, SR_CK_LSE, SR_CK_INDPTR, SR_CK_INDICES, SR_CK_COLPTR, SR_CK_COLIDX, SR_CK_N };
 extern const char *const sr_ckpt_dataset_names[SR_CK_N]; /* paths below /layers/<l>/ */
 
 /* Checksums of one layer's datasets as they lie in the file. Dataset checksum = sum mod 2^64
  * over its granules g of XXH64(granule bytes, seed g), granules being (q-head h, global q-block
- * m) for out (bq rows of d float32), lse (bq float32) and selection/indices (the CSR row
- * h*nqb+m), and the whole array for selection/indptr. The sum makes it independent of how rows
- * are split over ranks; the granules make it independent of the rank count. unit = XXH64 of
- * the four values (0 where not written) as little-endian uint64, seed = layer. */
+ * m) for out (bq rows of d float32), lse (bq float32), selection/indices and
+ * selection/col_indices (the CSR row h*nqb+m), and the whole array for selection/indptr and
+ * selection/col_indptr. The sum makes it independent of how rows are split over ranks; the
+ * granules make it independent of the rank count. unit = XXH64 of the first four values (0
+ * where not written) as little-endian uint64, seed = layer; of all six when either column
+ * value is nonzero (a layer with key columns), so that layers without them keep the unit
+ * checksum they had before the columns existed. */
 typedef struct sr_ckpt_sums {
   uint64_t d[SR_CK_N];
   unsigned present; /* bit i: dataset i written */
@@ -172,7 +177,7 @@ sr_status sr_ckpt_close(sr_ckpt *c, sr_status st);
 
 /* ---- internals shared by sr_ckpt.c and sr_ckpt_format.c, exposed for tests and fuzzing ---- */
 
-/* The layer checksum from the four dataset checksums (see sr_ckpt_sums). */
+/* The layer checksum from the dataset checksums (see sr_ckpt_sums). */
 uint64_t sr__ckpt_unit_checksum(const uint64_t d[SR_CK_N], int layer);
 /* "0x%016x" into buf. */
 void sr__ckpt_hex64(char buf[19], uint64_t v);

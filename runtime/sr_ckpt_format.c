@@ -101,15 +101,59 @@ uint64_t sr_xxh64(const void *data, size_t len, uint64_t seed) {
  * Checksums of a layer from memory
  * ------------------------------------------------------------------------------------------- */
 
-const char *const sr_ckpt_dataset_names[SR_CK_N] = {"out", "lse", "selection/indptr",
-                                                    "selection/indices"};
+const char *const sr_ckpt_dataset_names[SR_CK_N] = {
+    "out", "lse", "selection/indptr", "selection/indices", "selection/col_indptr",
+    "selection/col_indices"};
 
 uint64_t sr__ckpt_unit_checksum(const uint64_t d[SR_CK_N], int layer) {
   uint8_t le[8 * SR_CK_N];
-  for (int i = 0; i < SR_CK_N; i++)
+  /* The column checksums are mixed only when a layer has them: a layer without key columns
+   * (dense, block_sparse) keeps the unit checksum of the four datasets it always had. */
+  const int n = d[SR_CK_COLPTR] || d[SR_CK_COLIDX] ? SR_CK_N : SR_CK_COLPTR;
+  for (int i = 0; i < n; i++)
     for (int b = 0; b < 8; b++)
       le[8 * i + b] = (uint8_t)(d[i] >> (8 * b));
-  return sr_xxh64(le, sizeof le, (uint64_t)layer);
+  return sr_xxh64(le, 8 * (size_t)n, (uint64_t)layer);
+}
+
+/* Collective. A global CSR row pointer (selection/indptr or col_indptr) from every rank's local
+ * one: rank 0 gathers every row length, builds the array as sr_h5 writes it, and hashes it
+ * whole into *sum (untouched on other ranks). */
+static sr_status global_rowptr_sum(const sr_plan *p, const int64_t *row_ptr, MPI_Comm comm,
+                                   uint64_t *sum) {
+  int64_t rows_local = (int64_t)p->q_heads * p->nqb_local;
+  int64_t rows_global = (int64_t)p->q_heads * p->nqb_global;
+  int64_t *counts = malloc(sizeof *counts * (size_t)(rows_local > 0 ? rows_local : 1));
+  int64_t *all =
+      p->rank == 0 ? malloc(sizeof *all * (size_t)(rows_global > 0 ? rows_global : 1)) : NULL;
+  int64_t *indptr = p->rank == 0 ? calloc((size_t)rows_global + 1, sizeof *indptr) : NULL;
+  sr_status st = SR_OK;
+  if (!counts || (p->rank == 0 && (!all || !indptr)))
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory (selection checksum)");
+  st = sr_comm_agree(comm, st);
+  if (st == SR_OK) {
+    for (int64_t r = 0; r < rows_local; r++)
+      counts[r] = row_ptr[r + 1] - row_ptr[r];
+    st = sr__mpi_check(MPI_Gather(counts, (int)rows_local, MPI_INT64_T, all, (int)rows_local,
+                                  MPI_INT64_T, 0, comm),
+                       "MPI_Gather", __FILE__, __LINE__);
+    st = sr_comm_agree(comm, st);
+  }
+  if (st == SR_OK && p->rank == 0) {
+    for (int r = 0; r < p->nranks; r++)
+      for (int h = 0; h < p->q_heads; h++)
+        for (int64_t m = 0; m < p->nqb_local; m++) {
+          int64_t grow = (int64_t)h * p->nqb_global + sr_plan_qblock_global(p, r, m);
+          indptr[grow + 1] = all[(int64_t)r * rows_local + (int64_t)h * p->nqb_local + m];
+        }
+    for (int64_t r = 0; r < rows_global; r++)
+      indptr[r + 1] += indptr[r];
+    *sum = sr_xxh64(indptr, sizeof *indptr * (size_t)(rows_global + 1), 0);
+  }
+  free(indptr);
+  free(all);
+  free(counts);
+  return st;
 }
 
 sr_status sr_ckpt_checksums(const sr_plan *p, unsigned write_mask, const float *out,
@@ -119,11 +163,15 @@ sr_status sr_ckpt_checksums(const sr_plan *p, unsigned write_mask, const float *
   SR_ASSERT(p != NULL && p->bq > 0 && p->n_local % p->bq == 0);
   uint64_t local[SR_CK_N] = {0};
   const size_t bq = (size_t)p->bq, d = (size_t)p->d;
+  const int want_sel = (write_mask & SR_WRITE_SELECTION) && sel;
+  /* Key columns (vertical_slash, flexprefill): every rank has the same method, so all have
+   * them or none. */
+  const int want_cols = want_sel && sel->vrow_ptr != NULL;
   /* Local q-block m holds local rows [m*bq, (m+1)*bq): granule (h, global q-block). The sum
    * mod 2^64 does not depend on the order, so the granules are hashed by all threads. */
   const int64_t ng = (int64_t)p->q_heads * p->nqb_local;
-  uint64_t s_out = 0, s_lse = 0, s_idx = 0;
-#pragma omp parallel for schedule(static) reduction(+ : s_out, s_lse, s_idx)
+  uint64_t s_out = 0, s_lse = 0, s_idx = 0, s_cidx = 0;
+#pragma omp parallel for schedule(static) reduction(+ : s_out, s_lse, s_idx, s_cidx)
   for (int64_t lr = 0; lr < ng; lr++) {
     const int64_t h = lr / p->nqb_local, m = lr % p->nqb_local;
     uint64_t g =
@@ -132,57 +180,30 @@ sr_status sr_ckpt_checksums(const sr_plan *p, unsigned write_mask, const float *
     if ((write_mask & SR_WRITE_OUT) && out)
       s_out += sr_xxh64(out + row0 * d, bq * d * sizeof(float), g);
     if ((write_mask & SR_WRITE_LSE) && lse) s_lse += sr_xxh64(lse + row0, bq * sizeof(float), g);
-    if ((write_mask & SR_WRITE_SELECTION) && sel) {
+    if (want_sel) {
       int64_t cnt = sel->row_ptr[lr + 1] - sel->row_ptr[lr];
       s_idx += sr_xxh64(sel->col + sel->row_ptr[lr], (size_t)cnt * sizeof(int32_t), g);
+    }
+    if (want_cols) {
+      int64_t cnt = sel->vrow_ptr[lr + 1] - sel->vrow_ptr[lr];
+      s_cidx += sr_xxh64(sel->vcol + sel->vrow_ptr[lr], (size_t)cnt * sizeof(int32_t), g);
     }
   }
   local[SR_CK_OUT] = s_out;
   local[SR_CK_LSE] = s_lse;
   local[SR_CK_INDICES] = s_idx;
+  local[SR_CK_COLIDX] = s_cidx;
   sr_status st = SR_OK;
-  if ((write_mask & SR_WRITE_SELECTION) && sel) {
-    /* indptr is global: rank 0 gathers every row length, builds it as sr_h5 writes it, and
-     * hashes it whole. */
-    int64_t rows_local = (int64_t)p->q_heads * p->nqb_local;
-    int64_t rows_global = (int64_t)p->q_heads * p->nqb_global;
-    int64_t *counts = malloc(sizeof *counts * (size_t)(rows_local > 0 ? rows_local : 1));
-    int64_t *all =
-        p->rank == 0 ? malloc(sizeof *all * (size_t)(rows_global > 0 ? rows_global : 1)) : NULL;
-    int64_t *indptr = p->rank == 0 ? calloc((size_t)rows_global + 1, sizeof *indptr) : NULL;
-    if (!counts || (p->rank == 0 && (!all || !indptr)))
-      st = sr__seterr(SR_ERR_NOMEM, "out of memory (selection checksum)");
-    st = sr_comm_agree(comm, st);
-    if (st == SR_OK) {
-      for (int64_t r = 0; r < rows_local; r++)
-        counts[r] = sel->row_ptr[r + 1] - sel->row_ptr[r];
-      st = sr__mpi_check(MPI_Gather(counts, (int)rows_local, MPI_INT64_T, all, (int)rows_local,
-                                    MPI_INT64_T, 0, comm),
-                         "MPI_Gather", __FILE__, __LINE__);
-      st = sr_comm_agree(comm, st);
-    }
-    if (st == SR_OK && p->rank == 0) {
-      for (int r = 0; r < p->nranks; r++)
-        for (int h = 0; h < p->q_heads; h++)
-          for (int64_t m = 0; m < p->nqb_local; m++) {
-            int64_t grow = (int64_t)h * p->nqb_global + sr_plan_qblock_global(p, r, m);
-            indptr[grow + 1] = all[(int64_t)r * rows_local + (int64_t)h * p->nqb_local + m];
-          }
-      for (int64_t r = 0; r < rows_global; r++)
-        indptr[r + 1] += indptr[r];
-      local[SR_CK_INDPTR] = sr_xxh64(indptr, sizeof *indptr * (size_t)(rows_global + 1), 0);
-    }
-    free(indptr);
-    free(all);
-    free(counts);
-    if (st != SR_OK) return st;
-  }
+  /* The row pointers are global: hashed whole by rank 0. */
+  if (want_sel) SR_TRY(global_rowptr_sum(p, sel->row_ptr, comm, &local[SR_CK_INDPTR]));
+  if (want_cols) SR_TRY(global_rowptr_sum(p, sel->vrow_ptr, comm, &local[SR_CK_COLPTR]));
   st = sr__mpi_check(MPI_Allreduce(local, s->d, SR_CK_N, MPI_UINT64_T, MPI_SUM, comm),
                      "MPI_Allreduce", __FILE__, __LINE__);
   if ((st = sr_comm_agree(comm, st)) != SR_OK) return st;
   if (write_mask & SR_WRITE_OUT) s->present |= 1u << SR_CK_OUT;
   if (write_mask & SR_WRITE_LSE) s->present |= 1u << SR_CK_LSE;
   if (write_mask & SR_WRITE_SELECTION) s->present |= (1u << SR_CK_INDPTR) | (1u << SR_CK_INDICES);
+  if (want_cols) s->present |= (1u << SR_CK_COLPTR) | (1u << SR_CK_COLIDX);
   for (int i = 0; i < SR_CK_N; i++)
     if (!(s->present & (1u << i))) s->d[i] = 0;
   s->unit = sr__ckpt_unit_checksum(s->d, layer);

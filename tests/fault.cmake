@@ -26,6 +26,8 @@ sr_fault_test(fault_crash_points fault_crash.sh)
 sr_fault_test(fault_kill_all fault_kill.sh all 4)
 sr_fault_test(fault_kill_one fault_kill.sh one 4)
 sr_fault_test(fault_corrupt fault_corrupt.sh)
+# vertical_slash: the key-column datasets are checkpointed and verified like indptr / indices.
+sr_fault_test(fault_columns fault_columns.sh)
 sr_fault_test(fault_resume_rules fault_resume.sh)
 sr_fault_test(fault_signals fault_signal.sh)
 sr_fault_test(fault_disk_full fault_disk_full.sh)
