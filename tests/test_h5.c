@@ -895,7 +895,7 @@ static void test_checksums(void **state) {
     sr_ckpt_sums sums;
     unsigned all = SR_WRITE_OUT | SR_WRITE_LSE | SR_WRITE_SELECTION;
     STATUS_IS(sr_ckpt_checksums(&p, all, lout, llse, &sel, MPI_COMM_WORLD, 5, &sums), SR_OK);
-    uint64_t want[SR_CK_N];
+    uint64_t want[SR_CK_N] = {0};
     want[SR_CK_OUT] = granule_sum(gout, QH, n, D * sizeof(float), p.bq);
     want[SR_CK_LSE] = granule_sum(glse, QH, n, sizeof(float), p.bq);
     want[SR_CK_INDPTR] = sr_xxh64(gptr, sizeof *gptr * (size_t)(rows + 1), 0);
