@@ -8,11 +8,6 @@
 #include "sr_vs.h"
 #include "sr_internal.h"
 
-sr_status sr__vs_patterns(const sr_method_in *in, int round_bf16, double alpha,
-                          int64_t min_budget, int64_t V, int64_t S, sr_vs_pattern **out);
-void sr__vs_free_state(void *state);
-sr_status sr__vs_select(const sr_method_in *in, void *state, sr_selection *sel);
-
 static sr_status flex_summarise(const sr_method_in *in, void **state) {
   const sr_config *c = in->cfg;
   double alpha = c->alpha;

@@ -62,6 +62,14 @@ sr_status sr_vs_select(const sr_plan *p, const sr_vs_pattern *pt, sr_selection *
 /* The paper's VS sparsity: 1 - (tiles bq bk + columns bq) / (q_heads n (n+1) / 2). */
 double sr_vs_sparsity(const sr_plan *p, const sr_selection *sel, double paper_pairs_all);
 
+/* The table entries' shared parts (vertical_slash.c): estimate + per-head pick with fixed
+ * budgets V, S (alpha < 0) or FlexPrefill's coverage (alpha >= 0, floor min_budget), as the
+ * method's state; its release; the selection from it. */
+sr_status sr__vs_patterns(const sr_method_in *in, int round_bf16, double alpha,
+                          int64_t min_budget, int64_t V, int64_t S, sr_vs_pattern **out);
+void sr__vs_free_state(void *state);
+sr_status sr__vs_select(const sr_method_in *in, void *state, sr_selection *sel);
+
 /* Budgets from a target sparsity by the paper's Table 3 (docs/METHODS.md §3). */
 int64_t sr_vs_budget(int64_t n, double sparsity);
 void sr_flex_params(int64_t n, double sparsity, double *alpha, int64_t *min_budget);

@@ -9,7 +9,6 @@
 
 #include <stdlib.h>
 
-/* Shared with flexprefill.c: per-head budgets in, the per-head pattern out. */
 sr_status sr__vs_patterns(const sr_method_in *in, int round_bf16, double alpha,
                           int64_t min_budget, int64_t V, int64_t S, sr_vs_pattern **out) {
   sr_vs_est est;
