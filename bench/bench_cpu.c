@@ -45,12 +45,6 @@
 #else
 #define SR_CC "gcc "
 #endif
-/* The kernels are built with the same flags as this file, so this names their path. */
-#ifdef __AVX512F__
-#define SR_SIMD "avx512"
-#else
-#define SR_SIMD "portable"
-#endif
 #define Q_HEADS 8
 #define KV_HEADS 2
 
@@ -406,7 +400,8 @@ int main(int argc, char **argv) {
          sr_version());
   printf("# host      %s (%ld online cpus)\n", host, sysconf(_SC_NPROCESSORS_ONLN));
   printf("# threads   %d\n", threads);
-  printf("# compiler  %s%s, kernels %s\n", SR_CC, __VERSION__, SR_SIMD);
+  printf("# compiler  %s%s, kernels %s (chosen at run time; SR_CPU_PATH forces one)\n", SR_CC,
+         __VERSION__, sr_cpu_kernel_path());
   printf("# openblas  %s\n", blas ? blas : OPENBLAS_VERSION);
   printf("# attention q_heads %d, kv_heads %d, fp32, causal; FLOPs = 4*N^2*d/2 per q-head;"
          " median of %d runs after warm-up\n#\n",
@@ -418,7 +413,7 @@ int main(int argc, char **argv) {
   cJSON_AddStringToObject(root, "host_cpu", host);
   cJSON_AddNumberToObject(root, "threads", threads);
   cJSON_AddStringToObject(root, "compiler", SR_CC __VERSION__);
-  cJSON_AddStringToObject(root, "kernels_simd", SR_SIMD);
+  cJSON_AddStringToObject(root, "kernels_simd", sr_cpu_kernel_path());
   cJSON_AddNumberToObject(root, "q_heads", Q_HEADS);
   cJSON_AddNumberToObject(root, "kv_heads", KV_HEADS);
   cJSON_AddNumberToObject(root, "goal_dense_ratio_to_sgemm", GOAL_DENSE_RATIO);

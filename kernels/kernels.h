@@ -160,6 +160,13 @@ const sr_backend *sr_backend_cuda(int local_rank);
 /* Threads used by the CPU backend (OpenMP); 0 means the OpenMP default. */
 void sr_cpu_set_threads(int threads);
 
+/* The CPU kernels' instruction path: "avx512", "avx2" (with FMA) or "portable", the best the
+ * CPU supports, or SR_CPU_PATH from the environment when the CPU supports that one. Chosen
+ * once per process, at the first call of a kernel or of this function. */
+const char *sr_cpu_kernel_path(void);
+/* Whether this CPU can run the named path. */
+int sr_cpu_path_supported(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

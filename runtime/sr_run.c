@@ -159,9 +159,12 @@ void sr_run_result_free(sr_run_result *res) {
 
 /* Gathers "rank r: host (threads t)" lines on rank 0. */
 static sr_status build_rank_map(const sr_world *w, const char *backend, int threads, char **out) {
-  char line[160];
+  char line[224];
+  char be[48];
+  if (strcmp(backend, "cpu") == 0) snprintf(be, sizeof be, "cpu (%s kernels)", sr_cpu_kernel_path());
+  else snprintf(be, sizeof be, "%s", backend);
   snprintf(line, sizeof line, "rank %d: host %.64s, node-local rank %d, %s backend, %d thread%s",
-           w->rank, w->host, w->local_rank, backend, threads, threads == 1 ? "" : "s");
+           w->rank, w->host, w->local_rank, be, threads, threads == 1 ? "" : "s");
   char *all = w->rank == 0 ? calloc((size_t)w->nranks, sizeof line) : NULL;
   if (w->rank == 0 && !all) return sr__seterr(SR_ERR_NOMEM, "out of memory for the rank map");
   SR_MPI(MPI_Gather(line, sizeof line, MPI_CHAR, all, sizeof line, MPI_CHAR, 0, w->comm));

@@ -657,6 +657,20 @@ static void test_errors(void **state) {
 }
 
 int main(void) {
+  /* SR_CPU_PATH (set per registration, tests/kernels.cmake) picks a kernel path: skipped where
+   * this CPU lacks it, and the path that runs must be the one asked for. */
+  const char *want = getenv("SR_CPU_PATH");
+  if (want && *want) {
+    if (!sr_cpu_path_supported(want)) {
+      fprintf(stderr, "# kernel path %s: not supported by this CPU (skipped)\n", want);
+      return 77;
+    }
+    if (strcmp(sr_cpu_kernel_path(), want) != 0) {
+      fprintf(stderr, "asked for kernel path %s, running %s\n", want, sr_cpu_kernel_path());
+      return 1;
+    }
+  }
+  fprintf(stderr, "# kernel path %s\n", sr_cpu_kernel_path());
   rng = sr_test_seed("test_kernels");
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_attn_dense),      cmocka_unit_test(test_attn_sparse),
