@@ -60,6 +60,35 @@ typedef struct sr_attn_args {
   float *lse;         /* [q_heads][nq]    natural-log sum-exp, -INFINITY for empty rows */
 } sr_attn_args;
 
+/* ---- Decode (one new token per sequence; docs/DESIGN.md "Decode") ----
+ * The KV cache of a rank is a pool of segments, one per (sequence b, kv-head g): segment
+ * s = b * kv_heads + g holds seg_rows rows of d values at k + s * seg_rows * d (v alike).
+ * The keys a list attends are given as entries (row, len): segment rows row .. row + len - 1,
+ * 0 <= len <= 16 (len 0: no rows; the entry is padding). A list's keys are the union of
+ *   - its own entries:    own_row/own_len [nlists][own_stride] (own_stride may be 0),
+ *   - the shared entries: shared_row/shared_len [nshared], the same for every list,
+ *   - the tail entry:     rows tail_row .. tail_row + tail_len - 1 (tail_len may be 0).
+ * The caller guarantees that no row appears twice in a list. Lists: per_qhead 0: list
+ * l = b * kv_heads + g serves every q-head h of kv-head g (h / group == g: one read of the
+ * keys serves the whole group); per_qhead 1: l = b * q_heads + h, segment b * kv_heads + h /
+ * group. Output per (b, h): the exact softmax(scale * q . k) weighted mean of v over the
+ * list's keys, and lse = log sum exp (natural log); (0, -INFINITY) for an empty list. */
+typedef struct sr_decode_args {
+  int nseq, q_heads, kv_heads, d;
+  int per_qhead;
+  const float *q;        /* [nseq][q_heads][d] fp32                                      */
+  const void *k, *v;     /* [nseq * kv_heads][seg_rows][d] storage type                  */
+  int64_t seg_rows;
+  int64_t own_stride;    /* entries per list in own_row/own_len                          */
+  const int32_t *own_row, *own_len;       /* [nlists][own_stride] backend memory        */
+  int64_t nshared;
+  const int32_t *shared_row, *shared_len; /* [nshared] backend memory                   */
+  int32_t tail_row, tail_len;
+  float scale;
+  float *out;            /* [nseq][q_heads][d] fp32                                      */
+  float *lse;            /* [nseq][q_heads]                                              */
+} sr_decode_args;
+
 typedef struct sr_backend {
   const char *name;
   size_t elem_bytes; /* bytes of one stored q/k/v element (4: fp32, 2: bf16) */
@@ -136,6 +165,37 @@ typedef struct sr_backend {
                          const int64_t *run_start_host, int64_t run_len, const float *gmax_host,
                          const float *inv_host, int round_bf16, int64_t n, int64_t *vert_host,
                          int64_t *slash_host);
+  /* ---- decode (docs/METHODS.md §2.4-2.6; kernels.h "Decode" above) ---- */
+  /* Split-KV attention of one new query per (sequence, q-head) over listed cache rows. */
+  sr_status (*decode_fwd)(const sr_decode_args *a);
+  /* Quest page summaries: for every segment s < nseg and page p in [p0, p0 + np), pmin/pmax
+   * [nseg][lp][d] (storage type) get the element-wise min / max of segment rows
+   * [16p, 16p + len) of k ([nseg][seg_rows][d], storage type). 1 <= len <= 16. */
+  sr_status (*page_minmax)(const void *k, int64_t nseg, int64_t seg_rows, int d, int64_t lp,
+                           int64_t p0, int64_t np, int len, void *pmin, void *pmax);
+  /* Quest page scores for the first nvalid pages of every list: list l = (sequence b, kv-head
+   * g) (per_qhead 0: nlists = nseq * kv_heads, the score summed over the group's q-heads in
+   * ascending order) or (b, q-head h) (per_qhead 1: nlists = nseq * q_heads, segment of kv-head
+   * h / group). score(h, p) = sum_d max(q[b][h][d] * pmin[seg][p][d], q[b][h][d] *
+   * pmax[seg][p][d]), dims in ascending order, fp32. s [nlists][lp] fp32; entries >= nvalid
+   * are not written. q [nseq][q_heads][d] fp32. */
+  sr_status (*page_scores)(const float *q, int nseq, int q_heads, int kv_heads, int per_qhead,
+                           const void *pmin, const void *pmax, int64_t lp, int64_t nvalid, int d,
+                           float *s);
+  /* Per list l < nlists: the k best of s[l][0 .. nvalid) (larger score first; ties: lower page
+   * index), written in that order as decode entries own_row[l*k + i] = 16 * page, own_len = 16,
+   * and cand[l*k + i] = the score; slots i >= min(k, nvalid) get len 0 and score -INFINITY.
+   * own_row, own_len, cand: backend memory. */
+  sr_status (*page_topk)(const float *s, int64_t nlists, int64_t lp, int64_t nvalid, int k,
+                         int32_t *own_row, int32_t *own_len, float *cand);
+  /* SnapKV-family estimate (same L as est_scores): colmax_host[j] = max(colmax_host[j],
+   * max_i A[i][j]) with A as in est_accum (rounded to bf16 when round_bf16). Max is exact in any
+   * order. */
+  sr_status (*est_colmax)(const float *L, int W, int64_t nk, const float *gmax_host,
+                          const float *inv_host, int round_bf16, float *colmax_host);
+  /* bytes of host memory -> backend memory and back (index arrays). */
+  sr_status (*upload)(void *dst, const void *src_host, size_t bytes);
+  sr_status (*download)(void *dst_host, const void *src, size_t bytes);
 } sr_backend;
 
 /* Fixed-point scale of the estimate sums: fix(x) = (int64_t)(x * 2^32 + 0.5) for x in [0, 1]. */

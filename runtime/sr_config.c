@@ -32,8 +32,18 @@ static const cyaml_strval_t sr__profile_names[] = {{"plain", SR_SYNTH_PLAIN},
                                                    {"calibrated", SR_SYNTH_CALIBRATED}};
 static const cyaml_strval_t sr__shard_names[] = {{"zigzag", SR_SHARD_ZIGZAG},
                                                  {"contiguous", SR_SHARD_CONTIGUOUS}};
-static const cyaml_strval_t sr__phase_names[] = {{"prefill", SR_PHASE_PREFILL}};
+static const cyaml_strval_t sr__phase_names[] = {{"prefill", SR_PHASE_PREFILL},
+                                                 {"decode", SR_PHASE_DECODE}};
 static const cyaml_strval_t sr__method_names[] = {
+    {"dense", SR_METHOD_DENSE},
+    {"block_sparse", SR_METHOD_BLOCK_SPARSE},
+    {"vertical_slash", SR_METHOD_VERTICAL_SLASH},
+    {"flexprefill", SR_METHOD_FLEXPREFILL},
+    {"quest", SR_METHOD_QUEST},
+    {"snapkv", SR_METHOD_SNAPKV},
+    {"ada_snapkv", SR_METHOD_ADA_SNAPKV}};
+static const cyaml_strval_t sr__prefill_names[] = {
+    {"none", SR_PREFILL_NONE},
     {"dense", SR_METHOD_DENSE},
     {"block_sparse", SR_METHOD_BLOCK_SPARSE},
     {"vertical_slash", SR_METHOD_VERTICAL_SLASH},
@@ -138,9 +148,11 @@ const sr__key sr__keys[] = {
 
     {SECTION("", "attention"), .doc = "the attention computed"},
     {ENUM("attention", "phase", phase, sr__phase_names), .def = SR_PHASE_PREFILL,
-     .doc = "prefill (every query attends causally)"},
+     .doc = "prefill (every query attends causally) or decode (new tokens on a sharded KV cache)"},
     {ENUM("attention", "method", method, sr__method_names), .def = SR_METHOD_BLOCK_SPARSE,
-     .doc = "dense (exact), block_sparse, vertical_slash or flexprefill (docs/METHODS.md)"},
+     .doc = "prefill: dense (exact), block_sparse, vertical_slash or flexprefill; decode: dense, quest, snapkv or ada_snapkv (docs/METHODS.md)"},
+    {ENUM("attention", "prefill", prefill, sr__prefill_names), .def = SR_METHOD_DENSE,
+     .doc = "decode: the prefill method computed before the first step (its budget from its own keys or sparsity), or none (the prompt's K/V only fill the cache)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("block_q", OPT, sr_config, block_q),
      .def = 16, RANGE(1, 4096), .doc = "query block size in tokens (vertical_slash, flexprefill: 64 unless given)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("block_k", OPT, sr_config, block_k),
@@ -166,6 +178,20 @@ const sr__key sr__keys[] = {
     {.parent = "attention", .field = CYAML_FIELD_INT("min_budget", OPT, sr_config, min_budget),
      .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 64, .hi = 1 << 30,
      .doc = "flexprefill: least verticals and slashes per q-head (>= 64); 0 = from sparsity (the paper's Table 3)"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("token_budget", OPT, sr_config, token_budget),
+     .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 16, .hi = 1 << 30,
+     .doc = "quest: tokens attended per step besides the current page (a multiple of 16); 0 = (1 - sparsity) x prompt, rounded down to pages"},
+    {.parent = "attention", .field = CYAML_FIELD_INT("token_capacity", OPT, sr_config, token_capacity),
+     .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 133, .hi = 1 << 30,
+     .doc = "snapkv, ada_snapkv: prompt tokens kept per kv-head (> 132); 0 = (1 - sparsity) x prompt"},
+    {.parent = "attention", .field = CYAML_FIELD_BOOL("share_pages", OPT, sr_config, share_pages),
+     .def = 1, .doc = "quest: one page set per kv-head, scores summed over its q-heads (false: per q-head)"},
+
+    {SECTION("", "decode"), .doc = "the decode loop (attention.phase: decode)"},
+    {.parent = "decode", .field = CYAML_FIELD_INT("steps", OPT, sr_config, decode_steps),
+     .def = 16, RANGE(1, 1 << 20), .doc = "new tokens per sequence"},
+    {.parent = "decode", .field = CYAML_FIELD_INT("batch", OPT, sr_config, decode_batch),
+     .def = 1, RANGE(1, 1024), .doc = "sequences decoded together (each with its own prompt)"},
 
     {ENUM("", "exchange", exchange, sr__exchange_names), .def = SR_EXCHANGE_SELECTED,
      .doc = "selected (move only the KV blocks chosen) or dense_ring (move all)"},
@@ -487,6 +513,72 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
                       "%sattention.sparsity: flexprefill needs attention.alpha in [0, 1] and "
                       "attention.min_budget >= 64, or attention.sparsity > 0",
                       w);
+  }
+  /* Phase and method belong together. */
+  const bool decode_method = c->method == SR_METHOD_QUEST || c->method == SR_METHOD_SNAPKV ||
+                             c->method == SR_METHOD_ADA_SNAPKV;
+  if (c->phase == SR_PHASE_PREFILL && decode_method) {
+    where(ctx, w, sizeof w, "attention.method", "attention.phase");
+    return sr__seterr(SR_ERR_CONFIG, "%sattention.method: %s is a decode method (set "
+                      "attention.phase: decode)", w, sr_method_name(c->method));
+  }
+  if (c->phase == SR_PHASE_DECODE && !decode_method && c->method != SR_METHOD_DENSE) {
+    where(ctx, w, sizeof w, "attention.method", "attention.phase");
+    return sr__seterr(SR_ERR_CONFIG, "%sattention.method: %s is a prefill method; decode runs "
+                      "dense, quest, snapkv or ada_snapkv (attention.prefill names the prefill "
+                      "method)", w, sr_method_name(c->method));
+  }
+  if (c->phase == SR_PHASE_DECODE) {
+    if (c->seq_len % 16 != 0) {
+      where(ctx, w, sizeof w, "seq_len", "attention.phase");
+      return sr__seterr(SR_ERR_CONFIG, "%sseq_len: %lld is not a multiple of 16 (decode keeps "
+                        "the cache in pages of 16 tokens)", w, (long long)c->seq_len);
+    }
+    if (c->method == SR_METHOD_QUEST) {
+      if (c->token_budget == 0 && c->sparsity == 0) {
+        where(ctx, w, sizeof w, "attention.sparsity", "attention.token_budget");
+        return sr__seterr(SR_ERR_CONFIG, "%sattention.sparsity: quest needs "
+                          "attention.token_budget or attention.sparsity > 0", w);
+      }
+      if (c->token_budget % 16 != 0) {
+        where(ctx, w, sizeof w, "attention.token_budget", NULL);
+        return sr__seterr(SR_ERR_CONFIG, "%sattention.token_budget: %d is not a multiple of 16 "
+                          "(whole pages)", w, c->token_budget);
+      }
+      const int64_t budget = c->token_budget
+                                 ? c->token_budget
+                                 : (int64_t)((1.0 - c->sparsity) * (double)c->seq_len) / 16 * 16;
+      if (budget < 16 || budget + 16 > c->seq_len) {
+        where(ctx, w, sizeof w, c->token_budget ? "attention.token_budget" : "attention.sparsity",
+              "seq_len");
+        return sr__seterr(SR_ERR_CONFIG, "%squest: a budget of %lld tokens needs 16 <= budget <= "
+                          "seq_len - 16 (seq_len %lld)", w, (long long)budget,
+                          (long long)c->seq_len);
+      }
+    }
+    if (c->method == SR_METHOD_SNAPKV || c->method == SR_METHOD_ADA_SNAPKV) {
+      if (c->token_capacity == 0 && c->sparsity == 0) {
+        where(ctx, w, sizeof w, "attention.sparsity", "attention.token_capacity");
+        return sr__seterr(SR_ERR_CONFIG, "%sattention.sparsity: %s needs "
+                          "attention.token_capacity or attention.sparsity > 0", w,
+                          sr_method_name(c->method));
+      }
+      const int64_t cap = c->token_capacity
+                              ? (c->token_capacity < c->seq_len ? c->token_capacity : c->seq_len)
+                              : (int64_t)((1.0 - c->sparsity) * (double)c->seq_len);
+      if (cap <= 132) {
+        where(ctx, w, sizeof w, c->token_capacity ? "attention.token_capacity" : "attention.sparsity",
+              "seq_len");
+        return sr__seterr(SR_ERR_CONFIG, "%s%s: a capacity of %lld tokens must exceed 132 (the 4 "
+                          "sink and 128 local tokens it always keeps)", w,
+                          sr_method_name(c->method), (long long)cap);
+      }
+    }
+    if (c->input_source == SR_INPUT_HDF5 && c->decode_batch > 1) {
+      where(ctx, w, sizeof w, "decode.batch", "input.source");
+      return sr__seterr(SR_ERR_CONFIG, "%sdecode.batch: an HDF5 input holds one sequence "
+                        "(batch 1); synthetic input decodes any batch", w);
+    }
   }
   if (c->out_path != NULL && c->write_mask == 0) {
     where(ctx, w, sizeof w, "output.write", "output.path");

@@ -13,8 +13,11 @@
  *                    cluster_tokens, cluster_share}
  *   seq_len
  *   shard (zigzag | contiguous)
- *   attention.phase (prefill),
- *   attention.method (dense | block_sparse | vertical_slash | flexprefill),
+ *   attention.phase (prefill | decode),
+ *   attention.method (dense | block_sparse | vertical_slash | flexprefill; decode: dense |
+ *                     quest | snapkv | ada_snapkv), attention.prefill,
+ *   attention.token_budget, attention.token_capacity, attention.share_pages,
+ *   decode.steps, decode.batch,
  *   attention.block_q, attention.block_k, attention.top_chunks, attention.sparsity,
  *   attention.last_q, attention.verticals, attention.slashes, attention.alpha,
  *   attention.min_budget
@@ -34,13 +37,19 @@
 
 typedef enum { SR_INPUT_SYNTHETIC = 0, SR_INPUT_HDF5 = 1 } sr_input_source;
 typedef enum { SR_SHARD_ZIGZAG = 0, SR_SHARD_CONTIGUOUS = 1 } sr_shard_scheme;
-typedef enum { SR_PHASE_PREFILL = 0 } sr_phase;
+typedef enum { SR_PHASE_PREFILL = 0, SR_PHASE_DECODE = 1 } sr_phase;
 typedef enum {
   SR_METHOD_DENSE = 0,
   SR_METHOD_BLOCK_SPARSE = 1,
   SR_METHOD_VERTICAL_SLASH = 2,
-  SR_METHOD_FLEXPREFILL = 3
+  SR_METHOD_FLEXPREFILL = 3,
+  SR_METHOD_QUEST = 4,      /* decode */
+  SR_METHOD_SNAPKV = 5,     /* decode */
+  SR_METHOD_ADA_SNAPKV = 6  /* decode */
 } sr_method;
+/* attention.prefill of a decode run: a prefill method, or none (the prompt's K/V are loaded
+ * into the cache without computing its attention). */
+#define SR_PREFILL_NONE 100
 typedef enum { SR_EXCHANGE_SELECTED = 0, SR_EXCHANGE_DENSE_RING = 1 } sr_exchange_mode;
 typedef enum { SR_BACKEND_AUTO = 0, SR_BACKEND_CPU = 1, SR_BACKEND_CUDA = 2 } sr_backend_kind;
 
@@ -94,6 +103,13 @@ typedef struct sr_config {
   int verticals, slashes;  /* V, S (vertical_slash); 0 = from sparsity / = verticals     */
   double alpha;            /* flexprefill coverage; -1 = from sparsity                   */
   int min_budget;          /* flexprefill floor of V and S; 0 = from sparsity            */
+  /* decode (attention.phase: decode) */
+  int prefill;             /* prefill method before decoding, or SR_PREFILL_NONE          */
+  int token_budget;        /* quest: tokens attended per step (multiple of 16); 0 = sparsity */
+  int token_capacity;      /* snapkv, ada_snapkv: tokens kept per kv-head; 0 = sparsity   */
+  bool share_pages;        /* quest: one page set per kv-head (else per q-head)           */
+  int decode_steps;        /* tokens generated per sequence                               */
+  int decode_batch;        /* sequences decoded together                                  */
   sr_exchange_mode exchange;
   sr_backend_kind backend;
   int threads;             /* CPU threads per rank; 0 = cores / ranks on the node        */

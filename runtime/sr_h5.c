@@ -887,6 +887,54 @@ done:
   return st;
 }
 
+sr_status sr_h5_write_whole(sr_h5_out *f, int layer, const char *name, int kind, int ndims,
+                            const int64_t *dims_in, const void *data) {
+  SR_ASSERT(f != NULL);
+  sr_status st = SR_OK;
+  hid_t g = H5I_INVALID_HID, dset = H5I_INVALID_HID;
+  hid_t fspace = H5I_INVALID_HID, mspace = H5I_INVALID_HID;
+  char obj[160], grp[160];
+  snprintf(obj, sizeof obj, "/layers/%d/%s", layer, name ? name : "(null)");
+  hsize_t dims[4] = {0};
+  hsize_t total = 1;
+  if (layer < 0 || !name || !name[0] || ndims < 1 || ndims > 4 || kind < 0 || kind > 2)
+    st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: bad arguments", f->partial, obj);
+  for (int i = 0; st == SR_OK && i < ndims; i++) {
+    if (dims_in[i] < 0) st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: negative extent", f->partial, obj);
+    dims[i] = (hsize_t)dims_in[i];
+    total *= dims[i];
+  }
+  if (st == SR_OK && f->rank == 0 && total > 0 && !data)
+    st = sr__seterr(SR_ERR_INTERNAL, "%s: %s: no data on rank 0", f->partial, obj);
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) return st;
+  /* The group holding the dataset: /layers/<l> or a subgroup named in `name`. */
+  snprintf(grp, sizeof grp, "%s", obj);
+  *strrchr(grp, '/') = '\0';
+  const hid_t ftype = kind == 0 ? H5T_IEEE_F32LE : kind == 1 ? H5T_STD_I64LE : H5T_STD_I32LE;
+  const hid_t mtype = kind == 0 ? H5T_NATIVE_FLOAT : kind == 1 ? H5T_NATIVE_INT64 : H5T_NATIVE_INT32;
+  st = ensure_group(f->file, f->gcpl, f->partial, grp, &g);
+  if (st == SR_OK)
+    st = open_or_create(g, f->dcpl, f->partial, obj, strrchr(obj, '/') + 1, ftype, ndims, dims,
+                        &dset);
+  if (st == SR_OK && ((fspace = H5Dget_space(dset)) < 0 ||
+                      (mspace = H5Screate_simple(ndims, dims, NULL)) < 0 ||
+                      ((f->rank != 0 || total == 0) &&
+                       (H5Sselect_none(fspace) < 0 || H5Sselect_none(mspace) < 0))))
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "selection");
+  if ((st = sr__h5_agree(f->comm, f->rank, f->nranks, st)) != SR_OK) goto done;
+  static const int64_t dummy = 0;
+  if (H5Dwrite(dset, mtype, mspace, fspace, f->dxpl,
+               f->rank == 0 && total > 0 ? data : (const void *)&dummy) < 0)
+    st = sr__h5_fail(SR_ERR_IO, f->partial, obj, "H5Dwrite");
+  st = sr__h5_agree(f->comm, f->rank, f->nranks, st);
+done:
+  if (mspace >= 0) H5Sclose(mspace);
+  if (fspace >= 0) H5Sclose(fspace);
+  if (dset >= 0) H5Dclose(dset);
+  if (g >= 0) H5Gclose(g);
+  return st;
+}
+
 /* Adds [start, end) of a 1-D dataspace to its selection (nothing when empty). */
 static herr_t select_range(hid_t space, int64_t start, int64_t end) {
   if (end <= start) return 0;

@@ -88,6 +88,12 @@ sr_status sr_h5_write_rows(sr_h5_out *f, int layer, const char *name, int heads,
                            int d, const int64_t *run_starts, int nruns, int64_t run_len,
                            const float *local);
 
+/* Collective. Writes a whole array held by rank 0 (the others pass anything) as
+ * /layers/<layer>/<name> (name may hold one subgroup, "selection/indptr"): kind 0 float32,
+ * 1 int64, 2 int32; ndims <= 4 extents. Decode outputs use it (docs/HDF5.md). */
+sr_status sr_h5_write_whole(sr_h5_out *f, int layer, const char *name, int kind, int ndims,
+                            const int64_t *dims, const void *data);
+
 /* Collective. Writes the selection CSR of every rank as one global CSR over rows
  * h * nqb_global + global q-block. */
 sr_status sr_h5_write_selection(sr_h5_out *f, int layer, const sr_plan *p,

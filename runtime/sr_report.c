@@ -73,6 +73,17 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
             cfg->method == SR_METHOD_FLEXPREFILL ? " by coverage" : "");
   fprintf(f, "; exchange %s; input %s\n", sr_exchange_name(cfg->exchange),
           cfg->input_source == SR_INPUT_HDF5 ? cfg->input_path : "synthetic");
+  if (cfg->phase == SR_PHASE_DECODE && res->layers > 0)
+    fprintf(f, "# decode: %s, %d step%s x batch %d after a prompt of %lld (prefill %s), budget "
+               "%lld token%s%s\n",
+            sr_method_name(cfg->method), cfg->decode_steps, cfg->decode_steps == 1 ? "" : "s",
+            cfg->decode_batch, (long long)cfg->seq_len,
+            cfg->prefill == SR_PREFILL_NONE ? "none" : sr_method_name((sr_method)cfg->prefill),
+            (long long)res->layer[0].decode_budget, res->layer[0].decode_budget == 1 ? "" : "s",
+            cfg->method == SR_METHOD_QUEST
+                ? (cfg->share_pages ? " per step (pages per kv-head)" : " per step (pages per q-head)")
+            : cfg->method == SR_METHOD_DENSE ? " (all)"
+                                             : " kept per kv-head");
   if (res->rank_map) {
     const char *p = res->rank_map;
     while (*p) {
@@ -81,6 +92,42 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
       fprintf(f, "#   %.*s\n", len, p);
       p += len + (e ? 1 : 0);
     }
+  }
+  if (cfg->phase == SR_PHASE_DECODE) {
+    fprintf(f, "#\n# times in seconds (max over ranks); step = all sequences of one step\n");
+    fprintf(f, "# %5s %9s %9s %9s %9s %11s %11s %10s %9s %9s %8s %8s %10s\n", "layer",
+            "generate", "prefill", "prepare", "steps", "step_ms", "tokens/s", "KV_GB/s", "verify",
+            "write", "sp_paper", "sp_meas", "moved_MB");
+    double steps = 0, kvb = 0;
+    int64_t toks = 0;
+    for (int l = 0; l < res->layers; l++) {
+      const sr_layer_result *r = &res->layer[l];
+      const double ts = r->t[SR_PH_ATTENTION];
+      fprintf(f, "  %5d %9.3f %9.3f %9.3f %9.3f %11.4f %11.1f %10.2f %9.3f %9.3f %8.4f %8.4f "
+                 "%10.4f\n",
+              l, r->t[SR_PH_GENERATE], r->prefill_s, r->t[SR_PH_SUMMARISE], ts, r->step_s * 1e3,
+              ts > 0 ? (double)(r->decode_steps * r->decode_batch) / ts : 0,
+              ts > 0 ? r->kv_bytes_read / ts / 1e9 : 0, r->t[SR_PH_VERIFY], r->t[SR_PH_WRITE],
+              r->sparsity_paper, r->sparsity_measured, (double)r->bytes_sent / 1e6);
+      steps += ts;
+      kvb += r->kv_bytes_read;
+      toks += r->decode_steps * r->decode_batch;
+    }
+    fprintf(f, "#\n# decode: %.3f s of steps, %.1f tokens/s, KV read %.3f GB at %.2f GB/s; no K or V "
+               "crossed the network\n", steps, steps > 0 ? (double)toks / steps : 0, kvb / 1e9,
+            steps > 0 ? kvb / steps / 1e9 : 0);
+    for (int l = 0; l < res->layers; l++) {
+      const sr_layer_result *r = &res->layer[l];
+      if (!r->verified) continue;
+      fprintf(f, "# quality layer %d: %lld (step, sequence, q-head) rows checked against exact "
+                 "dense decode, rel. error mean %.3e max %.3e, recall mean %.4f min %.4f, needles "
+                 "%lld/%lld hit\n",
+              l, (long long)r->rows_checked, r->relerr_mean, r->relerr_max, r->recall_mean,
+              r->recall_min, (long long)r->needle_hits, (long long)r->needles);
+    }
+    fprintf(f, "# wall time %.3f s\n", res->wall_s);
+    fflush(f);
+    return;
   }
   fprintf(f, "#\n# times in seconds (max over ranks); bytes summed over ranks\n");
   fprintf(f, "# %5s %9s %9s %9s %9s %9s %9s %9s %9s %9s %11s %11s %7s %8s %8s %9s %9s\n",
@@ -148,6 +195,22 @@ static cJSON *layer_json(const sr_layer_result *r, int l) {
   double ct = r->t[SR_PH_ATTENTION];
   cJSON_AddNumberToObject(o, "gflops_effective", ct > 0 ? r->flops_effective / ct / 1e9 : 0);
   cJSON_AddNumberToObject(o, "gflops_sparse_aware", ct > 0 ? r->flops_sparse / ct / 1e9 : 0);
+  if (r->decode) {
+    cJSON *dj = cJSON_AddObjectToObject(o, "decode");
+    cJSON_AddNumberToObject(dj, "steps", (double)r->decode_steps);
+    cJSON_AddNumberToObject(dj, "batch", (double)r->decode_batch);
+    cJSON_AddNumberToObject(dj, "budget_tokens", (double)r->decode_budget);
+    cJSON_AddNumberToObject(dj, "prefill_s", r->prefill_s);
+    cJSON_AddNumberToObject(dj, "step_s", r->step_s);
+    cJSON_AddNumberToObject(dj, "tokens_per_s", r->t[SR_PH_ATTENTION] > 0
+                                                    ? (double)(r->decode_steps * r->decode_batch) /
+                                                          r->t[SR_PH_ATTENTION]
+                                                    : 0);
+    cJSON_AddNumberToObject(dj, "kv_bytes_read", r->kv_bytes_read);
+    cJSON_AddNumberToObject(dj, "kv_gbps", r->t[SR_PH_ATTENTION] > 0
+                                               ? r->kv_bytes_read / r->t[SR_PH_ATTENTION] / 1e9
+                                               : 0);
+  }
   if (r->verified) {
     cJSON *q = cJSON_AddObjectToObject(o, "quality");
     cJSON_AddNumberToObject(q, "rows_checked", (double)r->rows_checked);

@@ -21,6 +21,7 @@
 #include "kernels.h"
 #include "sr_attend.h"
 #include "sr_ckpt.h"
+#include "sr_decode.h"
 #include "sr_exchange.h"
 #include "sr_h5.h"
 #include "sr_internal.h"
@@ -390,6 +391,163 @@ done:
   return st;
 }
 
+/* ---- decode (sr_decode.h) ---------------------------------------------------------------- */
+
+/* Sequence b of a batch: the input seed for b (b = 0 is the configured seed, so batch 1 decodes
+ * the prompt a prefill run of the same config computes). */
+static uint64_t seq_seed(uint64_t seed, int b) {
+  return b == 0 ? seed : seed + 0x9E3779B97F4A7C15ull * (uint64_t)b;
+}
+
+typedef struct decode_ctx {
+  const sr_config *cfg;
+  const sr_world *w;
+  const sr_plan *p;
+  const sr_backend *be;
+  sr_transport *t;
+  row_source *rs;
+  sr_config cfg_b; /* shallow copy: the seed of the current sequence, the prefill method */
+  row_source rs_b;
+  int b;
+  layer_state s;   /* the current prompt (prefill state, or K/V only) */
+} decode_ctx;
+
+static void decode_seq(decode_ctx *x, int b) {
+  if (x->b == b) return;
+  x->cfg_b = *x->cfg;
+  x->cfg_b.seed = seq_seed(x->cfg->seed, b);
+  x->cfg_b.phase = SR_PHASE_PREFILL;
+  x->cfg_b.method = x->cfg->prefill == SR_PREFILL_NONE ? SR_METHOD_DENSE : (sr_method)x->cfg->prefill;
+  x->rs_b = *x->rs;
+  x->rs_b.cfg = &x->cfg_b;
+  x->b = b;
+}
+
+static sr_status decode_prompt(void *ctx, int layer, int b, const void **kv, double *prefill_s) {
+  decode_ctx *x = ctx;
+  layer_state_free(&x->s);
+  x->b = -1;
+  decode_seq(x, b);
+  *prefill_s = 0;
+  sr_status st;
+  if (x->cfg->prefill != SR_PREFILL_NONE) {
+    /* The prefill of this sequence, as a prefill run computes (and verifies) it; its K/V stay. */
+    sr_layer_result pr = {0};
+    double t0 = sr__now();
+    st = run_layer(&x->cfg_b, x->w, x->p, x->be, x->t, &x->rs_b, layer, &pr, &x->s);
+    free(pr.head_relerr);
+    free(pr.head_recall);
+    *prefill_s = sr__now() - t0;
+  } else {
+    /* K and V only: the prompt fills the cache without computing its attention. */
+    const sr_plan *p = x->p;
+    const sr_backend *be = x->be;
+    const size_t kf = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
+    x->s.be = be;
+    x->s.stage = sr__alloc(kf * sizeof(float));
+    st = x->s.stage ? SR_OK : sr__seterr(SR_ERR_NOMEM, "out of memory for the prompt's rows");
+    if (st == SR_OK) st = be->alloc(2 * kf * be->elem_bytes, &x->s.kv);
+    st = sr_comm_agree(x->w->comm, st);
+    if (st == SR_OK && x->rs_b.h5) st = sr_h5_in_check(x->rs_b.h5, layer, 0);
+    if (st == SR_OK)
+      st = sr_comm_agree(x->w->comm, load_rows(&x->rs_b, p, be, layer, 'k', x->s.stage, x->s.kv));
+    if (st == SR_OK)
+      st = load_rows(&x->rs_b, p, be, layer, 'v', x->s.stage,
+                     (char *)x->s.kv + kf * be->elem_bytes);
+    if (st == SR_OK) st = be->sync();
+    st = sr_comm_agree(x->w->comm, st);
+  }
+  *kv = x->s.kv;
+  return st;
+}
+
+static sr_status decode_rows(void *ctx, int layer, int b, char which, int head, int64_t pos0,
+                             int64_t count, float *out) {
+  decode_ctx *x = ctx;
+  decode_seq(x, b);
+  return rows_fn(&x->rs_b, layer, which, head, pos0, count, out);
+}
+
+static int decode_needles(void *ctx, int layer, int b, int kv_head, sr_needle *out, int max) {
+  decode_ctx *x = ctx;
+  if (x->rs->h5) return 0;
+  decode_seq(x, b);
+  return sr_synth_needles(&x->cfg_b, layer, kv_head, out, max);
+}
+
+/* Times: max over ranks (onto rank 0); the counters are already global. */
+static sr_status reduce_decode(const sr_world *w, sr_layer_result *r) {
+  double v[SR_PH_COUNT + 2], m[SR_PH_COUNT + 2];
+  memcpy(v, r->t, sizeof r->t);
+  v[SR_PH_COUNT] = r->prefill_s;
+  v[SR_PH_COUNT + 1] = r->step_s;
+  SR_MPI(MPI_Reduce(v, m, SR_PH_COUNT + 2, MPI_DOUBLE, MPI_MAX, 0, w->comm));
+  uint64_t bs = 0;
+  SR_MPI(MPI_Reduce(&r->bytes_sent, &bs, 1, MPI_UINT64_T, MPI_SUM, 0, w->comm));
+  if (w->rank == 0) {
+    memcpy(r->t, m, sizeof r->t);
+    r->prefill_s = m[SR_PH_COUNT];
+    r->step_s = m[SR_PH_COUNT + 1];
+    r->bytes_sent = bs;
+  }
+  return SR_OK;
+}
+
+/* The checksums of a decode layer (rank 0 has the arrays; the granules of sr_ckpt.h with
+ * seq_len = batch x steps and block_q = steps: granule g = h * batch + b), on every rank. */
+static sr_status decode_checksums(const sr_world *w, unsigned mask, const sr_decode_out *o,
+                                  int q_heads, int d, int layer, sr_ckpt_sums *s) {
+  memset(s, 0, sizeof *s);
+  if (w->rank == 0) {
+    const int64_t G = (int64_t)q_heads * o->batch, T = o->steps;
+    for (int64_t g = 0; g < G; g++) {
+      if (mask & SR_WRITE_OUT)
+        s->d[SR_CK_OUT] += sr_xxh64(o->out + (size_t)g * T * d, (size_t)T * d * sizeof(float), (uint64_t)g);
+      if (mask & SR_WRITE_LSE)
+        s->d[SR_CK_LSE] += sr_xxh64(o->lse + (size_t)g * T, (size_t)T * sizeof(float), (uint64_t)g);
+      if ((mask & SR_WRITE_SELECTION) && o->sel_ptr)
+        s->d[SR_CK_INDICES] += sr_xxh64(o->sel_idx + o->sel_ptr[g],
+                                        (size_t)(o->sel_ptr[g + 1] - o->sel_ptr[g]) * sizeof(int32_t),
+                                        (uint64_t)g);
+    }
+    if ((mask & SR_WRITE_SELECTION) && o->sel_ptr)
+      s->d[SR_CK_INDPTR] = sr_xxh64(o->sel_ptr, (size_t)(G + 1) * sizeof(int64_t), 0);
+  }
+  SR_MPI(MPI_Bcast(s->d, SR_CK_N, MPI_UINT64_T, 0, w->comm));
+  int has_sel = o->sel_ptr != NULL;
+  SR_MPI(MPI_Bcast(&has_sel, 1, MPI_INT, 0, w->comm));
+  if (mask & SR_WRITE_OUT) s->present |= 1u << SR_CK_OUT;
+  if (mask & SR_WRITE_LSE) s->present |= 1u << SR_CK_LSE;
+  if ((mask & SR_WRITE_SELECTION) && has_sel)
+    s->present |= (1u << SR_CK_INDPTR) | (1u << SR_CK_INDICES);
+  for (int i = 0; i < SR_CK_N; i++)
+    if (!(s->present & (1u << i))) s->d[i] = 0;
+  s->unit = sr__ckpt_unit_checksum(s->d, layer);
+  return SR_OK;
+}
+
+/* Collective: a decode layer's datasets (docs/HDF5.md "Decode"). */
+static sr_status write_decode_data(const sr_config *fcfg, const sr_world *w, const sr_plan *p,
+                                   sr_h5_out *h5, int l, const sr_decode_out *o) {
+  int64_t BT = (int64_t)fcfg->decode_batch * fcfg->decode_steps;
+  int64_t d3[3] = {p->q_heads, BT, p->d};
+  if (fcfg->write_mask & SR_WRITE_OUT)
+    SR_TRY(sr_h5_write_whole(h5, l, "out", 0, 3, d3, o->out));
+  sr_ckpt_point("after_out", l, w->rank);
+  if (fcfg->write_mask & SR_WRITE_LSE)
+    SR_TRY(sr_h5_write_whole(h5, l, "lse", 0, 2, d3, o->lse));
+  int has_sel = w->rank == 0 ? o->sel_ptr != NULL : 0;
+  int64_t nnz = w->rank == 0 ? o->sel_nnz : 0;
+  SR_MPI(MPI_Bcast(&has_sel, 1, MPI_INT, 0, w->comm));
+  SR_MPI(MPI_Bcast(&nnz, 1, MPI_INT64_T, 0, w->comm));
+  if ((fcfg->write_mask & SR_WRITE_SELECTION) && has_sel) {
+    int64_t dp[1] = {(int64_t)p->q_heads * fcfg->decode_batch + 1}, di[1] = {nnz};
+    SR_TRY(sr_h5_write_whole(h5, l, "selection/indptr", 1, 1, dp, o->sel_ptr));
+    SR_TRY(sr_h5_write_whole(h5, l, "selection/indices", 2, 1, di, o->sel_idx));
+  }
+  return SR_OK;
+}
+
 /* Reduces a layer's rank-local values onto rank 0 (max of times, sums of counters). */
 static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
   double tmax[SR_PH_COUNT];
@@ -430,21 +588,24 @@ static int fixed_times(void) {
  * completed here (max over ranks, on every rank). fcfg is the config the file describes;
  * *metrics gets the layer's metrics JSON (rank 0's). */
 static sr_status write_layer(const sr_config *fcfg, const sr_world *w, const sr_plan *p,
-                             sr_h5_out *h5, int l, const layer_state *s, sr_run_result *res,
-                             const sr_ckpt_sums *sums, double t_layer0, char **metrics) {
+                             sr_h5_out *h5, int l, const layer_state *s, const sr_decode_out *dec,
+                             sr_run_result *res, const sr_ckpt_sums *sums, double t_layer0,
+                             char **metrics) {
   sr_layer_result *r = &res->layer[l];
   *metrics = NULL;
   double t0 = sr__now();
   int64_t starts[SR_MAX_CHUNKS_PER_RANK];
   int nruns = sr_plan_runs(p, p->rank, starts);
-  if (fcfg->write_mask & SR_WRITE_OUT)
+  if (dec) SR_TRY(write_decode_data(fcfg, w, p, h5, l, dec));
+  else if (fcfg->write_mask & SR_WRITE_OUT)
     SR_TRY(sr_h5_write_rows(h5, l, "out", p->q_heads, p->n, p->d, starts, nruns, p->chunk_tokens,
                             s->out_h));
-  sr_ckpt_point("after_out", l, w->rank);
-  if (fcfg->write_mask & SR_WRITE_LSE)
+  if (!dec) sr_ckpt_point("after_out", l, w->rank);
+  if (!dec && (fcfg->write_mask & SR_WRITE_LSE))
     SR_TRY(sr_h5_write_rows(h5, l, "lse", p->q_heads, p->n, 0, starts, nruns, p->chunk_tokens,
                             s->lse_h));
-  if (fcfg->write_mask & SR_WRITE_SELECTION) SR_TRY(sr_h5_write_selection(h5, l, p, &s->sel));
+  if (!dec && (fcfg->write_mask & SR_WRITE_SELECTION))
+    SR_TRY(sr_h5_write_selection(h5, l, p, &s->sel));
   double tw[2] = {sr__now() - t0, sr__now() - t_layer0}, twmax[2];
   SR_TRY(sr_comm_agree(w->comm, sr__mpi_check(MPI_Allreduce(tw, twmax, 2, MPI_DOUBLE, MPI_MAX,
                                                             w->comm),
@@ -618,6 +779,12 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
                         .layers = cfg->layers, .backend = be->name, .hdf5_version = h5v,
                         .q_heads = plan.q_heads, .seq_len = plan.n, .head_dim = plan.d,
                         .block_q = plan.bq};
+      if (cfg->phase == SR_PHASE_DECODE) {
+        /* Decode layers: out is [q_heads][batch x steps][d]; a granule is one sequence's
+         * steps of one q-head (docs/CHECKPOINT.md). */
+        o.seq_len = (int64_t)cfg->decode_batch * cfg->decode_steps;
+        o.block_q = cfg->decode_steps;
+      }
       st = sr_ckpt_open(&ck, w->comm, &o);
     } else if (st == SR_OK) {
       st = sr_h5_out_create(&h5, w->comm, cfg->out_path, cfg->overwrite, yaml,
@@ -667,15 +834,32 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     char *metrics = NULL;
     double t0 = sr__now();
     sr_ckpt_point("unit_start", l, w->rank);
-    st = run_layer(cfg, w, &plan, be, t, &rs, l, r, &s);
-    if (st != SR_OK) goto out;
-    r->t[SR_PH_TOTAL] = sr__now() - t0;
-    st = sr_comm_agree(w->comm, reduce_layer(w, r));
-    r->pairs_causal = (uint64_t)plan.q_heads * (uint64_t)plan.n * (uint64_t)(plan.n + 1) / 2;
-    r->sparsity_measured = 1.0 - (double)r->pairs_computed / (double)r->pairs_causal;
-    r->sparsity_paper = sr_method_get(cfg->method)->sparsity_paper(&plan, &s.sel, r->paper_pairs);
-    r->flops_effective = 4.0 * plan.d * (double)r->pairs_causal;
-    r->flops_sparse = 4.0 * plan.d * (double)r->pairs_computed;
+    sr_decode_out dec = {0};
+    const int decoding = cfg->phase == SR_PHASE_DECODE;
+    if (decoding) {
+      decode_ctx dx = {.cfg = cfg, .w = w, .p = &plan, .be = be, .t = t, .rs = &rs, .b = -1};
+      sr_decode_io io = {.ctx = &dx, .prompt = decode_prompt, .rows = decode_rows,
+                         .needles = decode_needles};
+      st = sr_decode_layer(cfg, &plan, be, w->comm, &io, l, &dec, r);
+      layer_state_free(&dx.s);
+      if (st != SR_OK) goto out;
+      r->t[SR_PH_TOTAL] = sr__now() - t0;
+      st = sr_comm_agree(w->comm, reduce_decode(w, r));
+      r->sparsity_measured =
+          r->pairs_causal ? 1.0 - (double)r->pairs_computed / (double)r->pairs_causal : 0;
+      r->flops_effective = 4.0 * plan.d * (double)r->pairs_causal;
+      r->flops_sparse = 4.0 * plan.d * (double)r->pairs_computed;
+    } else {
+      st = run_layer(cfg, w, &plan, be, t, &rs, l, r, &s);
+      if (st != SR_OK) goto out;
+      r->t[SR_PH_TOTAL] = sr__now() - t0;
+      st = sr_comm_agree(w->comm, reduce_layer(w, r));
+      r->pairs_causal = (uint64_t)plan.q_heads * (uint64_t)plan.n * (uint64_t)(plan.n + 1) / 2;
+      r->sparsity_measured = 1.0 - (double)r->pairs_computed / (double)r->pairs_causal;
+      r->sparsity_paper = sr_method_get(cfg->method)->sparsity_paper(&plan, &s.sel, r->paper_pairs);
+      r->flops_effective = 4.0 * plan.d * (double)r->pairs_causal;
+      r->flops_sparse = 4.0 * plan.d * (double)r->pairs_computed;
+    }
     sr_ckpt_point("after_compute", l, w->rank);
     if (st == SR_OK && (h5 || ck)) {
       sr_ckpt_sums sums;
@@ -684,8 +868,10 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
       if (ck) {
         /* The checksums belong to the checkpoint (a resume re-verifies them): counted in its
          * cost, computed only when checkpointing. */
-        st = sr_ckpt_checksums(&plan, cfg->write_mask, s.out_h, s.lse_h, &s.sel, w->comm, l,
-                               &sums);
+        st = decoding ? decode_checksums(w, cfg->write_mask, &dec, plan.q_heads, plan.d, l, &sums)
+                      : sr_ckpt_checksums(&plan, cfg->write_mask, s.out_h, s.lse_h, &s.sel,
+                                          w->comm, l, &sums);
+        st = sr_comm_agree(w->comm, st);
         ck_s = sr__now() - c0;
         /* Waits for the previous layer's sync (started when it closed) and records it. */
         double b0 = sr__now();
@@ -693,7 +879,8 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
         settle_s = sr__now() - b0;
       }
       if (st == SR_OK)
-        st = write_layer(fcfg, w, &plan, target, l, &s, res, ck ? &sums : NULL, t0, &metrics);
+        st = write_layer(fcfg, w, &plan, target, l, &s, decoding ? &dec : NULL, res,
+                         ck ? &sums : NULL, t0, &metrics);
       sr_ckpt_point("after_data", l, w->rank);
       if (st == SR_OK && ck) {
         c0 = sr__now();
@@ -707,6 +894,7 @@ sr_status sr_run(const sr_config *cfg, const sr_world *w, sr_run_result *res) {
     }
     free(metrics);
     layer_state_free(&s);
+    sr_decode_out_free(&dec);
     if (st != SR_OK) goto out;
     if (cfg->progress && w->rank == 0) {
       double el = sr__now() - wall0;

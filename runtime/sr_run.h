@@ -43,6 +43,14 @@ typedef struct sr_layer_result {
   double relerr_max, relerr_mean, recall_mean, recall_min, lse_maxerr;
   int64_t needles, needle_hits;
   double *head_relerr, *head_recall; /* [q_heads], owned */
+  /* decode (attention.phase: decode); the counters above then count (query, key) pairs of the
+   * steps: pairs_causal = every key of the cache, pairs_computed = the keys attended */
+  int decode;
+  int64_t decode_steps, decode_batch;
+  int64_t decode_budget;  /* quest: tokens per step; snapkv family: capacity per kv-head  */
+  double prefill_s;       /* the prefill method's time before the steps (0: none)          */
+  double step_s;          /* mean time per step (all sequences), max over ranks           */
+  double kv_bytes_read;   /* K and V bytes the steps read (one read per GQA group)         */
 } sr_layer_result;
 
 typedef struct sr_run_result {

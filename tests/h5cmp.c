@@ -185,8 +185,9 @@ int main(int argc, char **argv) {
         {"selection/col_indices", H5T_NATIVE_INT32, 4}};
     for (int i = 0; i < 4; i++) {
       snprintf(p, sizeof p, "/layers/%d/%s", l, exact[i].name);
-      /* Key columns exist for vertical_slash and flexprefill only: both files or neither. */
-      if (i >= 2) {
+      /* Key columns exist for vertical_slash and flexprefill only, a selection not for dense
+       * decode: both files or neither. */
+      {
         int ea = H5Lexists(fa, p, H5P_DEFAULT) > 0, eb = H5Lexists(fb, p, H5P_DEFAULT) > 0;
         if (ea != eb) return fail("%s exists in only one of the files (%s)", p, "");
         if (!ea) continue;

@@ -276,6 +276,13 @@ static const sr_backend sr__cpu_backend = {
     .est_rowmax = sr__cpu_est_rowmax,
     .est_rowsum = sr__cpu_est_rowsum,
     .est_accum = sr__cpu_est_accum,
+    .decode_fwd = sr__cpu_decode_fwd,
+    .page_minmax = sr__cpu_page_minmax,
+    .page_scores = sr__cpu_page_scores,
+    .page_topk = sr__cpu_page_topk,
+    .est_colmax = sr__cpu_est_colmax,
+    .upload = sr__cpu_copy_bytes,
+    .download = sr__cpu_copy_bytes,
 };
 
 const sr_backend *sr_backend_cpu(void) { return &sr__cpu_backend; }

@@ -47,6 +47,18 @@ sr_status sr__cpu_est_accum(const float *L, int W, int64_t nk, int64_t qpos0,
                             const int64_t *run_start, int64_t run_len, const float *gmax,
                             const float *inv, int round_bf16, int64_t n, int64_t *vert,
                             int64_t *slash);
+/* Decode ops (cpu_decode.c; kernels.h "Decode"). */
+sr_status sr__cpu_decode_fwd(const sr_decode_args *a);
+sr_status sr__cpu_page_minmax(const void *k, int64_t nseg, int64_t seg_rows, int d, int64_t lp,
+                              int64_t p0, int64_t np, int len, void *pmin, void *pmax);
+sr_status sr__cpu_page_scores(const float *q, int nseq, int q_heads, int kv_heads, int per_qhead,
+                              const void *pmin, const void *pmax, int64_t lp, int64_t nvalid,
+                              int d, float *s);
+sr_status sr__cpu_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t nvalid, int k,
+                            int32_t *own_row, int32_t *own_len, float *cand);
+sr_status sr__cpu_est_colmax(const float *L, int W, int64_t nk, const float *gmax_host,
+                             const float *inv_host, int round_bf16, float *colmax_host);
+sr_status sr__cpu_copy_bytes(void *dst, const void *src, size_t bytes);
 
 /*
  * C[r][l] = f * C[r][l] + sum_{k < kn} A(r, k) * B[k][l]   for r < rows, l < lanes,
