@@ -16,6 +16,7 @@
  */
 #include "sr_decode.h"
 
+#include "sr_ckpt.h"
 #include "sr_internal.h"
 #include "sr_synth.h"
 #include "sr_verify.h"
@@ -785,6 +786,8 @@ sr_status sr_decode_layer(const sr_config *cfg, const sr_plan *p, const sr_backe
   const double ts0 = sr__now();
   const float scale = 1.0f / sqrtf((float)d);
   for (int64_t t = 0; t < T && st == SR_OK; t++) {
+    /* Test hook (docs/CHECKPOINT.md): "decode_mid" is the middle step of every layer. */
+    if (t == T / 2) sr_ckpt_point("decode_mid", layer, c.rank);
     const int64_t pos = c.n + t, jcur = t / SR_PAGE;
     const int cur_owner = (int)(jcur % c.P);
     const int64_t cur_lp = c.ppl + jcur / c.P;
