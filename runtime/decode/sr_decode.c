@@ -468,9 +468,14 @@ static sr_status check_quality(const sr_config *cfg, const cache *c, MPI_Comm co
           if (owner == c->rank) {
             st = io->rows(io->ctx, layer, b, 'k', g, a, z - a, kr);
             if (st == SR_OK) st = io->rows(io->ctx, layer, b, 'v', g, a, z - a, vr);
-            for (int64_t si = 0; si < ns && st == SR_OK; si++) {
+            const int64_t nsj = st == SR_OK ? ns * c->group : 0;
+            /* every (sampled step, q-head of the group) owns its record: threads over them */
+#pragma omp parallel for schedule(dynamic, 1)
+            for (int64_t sj = 0; sj < nsj; sj++) {
+              const int64_t si = sj / c->group;
+              const int j = (int)(sj % c->group);
               const int64_t t = steps[si], L = c->n + t + 1;
-              for (int j = 0; j < c->group; j++) {
+              {
                 const int h = g * c->group + j;
                 const float *qq = q + (((size_t)t * c->B + b) * c->H + h) * d;
                 double *pr = part + (((size_t)si * Bv + b) * c->H + h) * rec;
@@ -684,6 +689,7 @@ sr_status sr_decode_layer(const sr_config *cfg, const sr_plan *p, const sr_backe
     prefill_s += ps;
     double tp = sr__now();
     st = sr_comm_agree(comm, cache_fill(&c, io, layer, b, kv, T, stage));
+    sr__prof("decode: cache fill", tp);
     if (st == SR_OK && quest && c.ppl > 0)
       st = be->page_minmax((const char *)c.k + (size_t)b * G * c.seg_rows * d * be->elem_bytes, G,
                            c.seg_rows, (int)d, c.lp, 0, c.ppl, SR_PAGE,
@@ -705,6 +711,7 @@ sr_status sr_decode_layer(const sr_config *cfg, const sr_plan *p, const sr_backe
     }
     if (st == SR_OK) st = be->sync();
     st = sr_comm_agree(comm, st);
+    sr__prof("decode: prepare", tp);
     prepare_s += sr__now() - tp;
   }
   free(imp_i);
