@@ -586,7 +586,7 @@ static void test_error_out_of_range(void **state) {
 static void test_error_bad_enum(void **state) {
   (void)state;
   expect_error("seq_len: 8\nattention:\n  phase: prefill\n  method: foo\n", NULL, 0, SR_ERR_CONFIG,
-               "x.yaml:4: attention.method: 'foo' is not one of dense, block_sparse, vertical_slash, flexprefill");
+               "x.yaml:4: attention.method: 'foo' is not one of dense, block_sparse, vertical_slash, flexprefill, quest, snapkv, ada_snapkv");
   /* Numbers are not accepted for names. */
   expect_error("shard: 1\n", NULL, 0, SR_ERR_CONFIG,
                "x.yaml:1: shard: '1' is not one of zigzag, contiguous");
@@ -648,7 +648,7 @@ static void test_error_set_value(void **state) {
                "--set attention.sparsity: 1.3 is outside [0, 1)");
   const char *c[] = {"attention.method=sparse"};
   expect_error("seq_len: 8\n", c, 1, SR_ERR_CONFIG,
-               "--set attention.method: 'sparse' is not one of dense, block_sparse, vertical_slash, flexprefill");
+               "--set attention.method: 'sparse' is not one of dense, block_sparse, vertical_slash, flexprefill, quest, snapkv, ada_snapkv");
   const char *d[] = {"output.write=[out"};
   expect_error("seq_len: 8\n", d, 1, SR_ERR_CONFIG,
                "--set output.write: '[out' is not a YAML value (did not find expected ',' or "
