@@ -26,7 +26,8 @@ struct sr_h5_in {
   int layers;
   hid_t *dset;     /* [layers][3]: q, k, v, opened and checked once */
   int heads[3];    /* q_heads, kv_heads, kv_heads                   */
-  int64_t n;
+  int64_t n;    /* rows per dataset: seq_len (+ decode.steps in a decode run) */
+  bool decode;
   int d;
   /* What the file was when opened (rank 0), re-checked before and after every layer's reads:
    * a file truncated, rewritten or replaced under a running job must stop it, not feed it
@@ -84,12 +85,12 @@ static sr_status in_precheck(const char *path) {
 static sr_status in_check_dataset(sr_h5_in *f, int l, int w) {
   sr_status st = SR_OK;
   hid_t dset = H5I_INVALID_HID, space = H5I_INVALID_HID, type = H5I_INVALID_HID;
-  char obj[64], want[160], es[96];
+  char obj[64], want[224], es[96];
   hsize_t expect[3] = {(hsize_t)f->heads[w], (hsize_t)f->n, (hsize_t)f->d};
   snprintf(obj, sizeof obj, "/layers/%d/%c", l, sr__which[w]);
   sr__h5_dims_str(es, sizeof es, 3, expect);
-  snprintf(want, sizeof want, "float32 or float16 %s ([%s][seq_len][head_dim])", es,
-           w == 0 ? "q_heads" : "kv_heads");
+  snprintf(want, sizeof want, "float32 or float16 %s ([%s][%s][head_dim])", es,
+           w == 0 ? "q_heads" : "kv_heads", f->decode ? "seq_len + decode.steps" : "seq_len");
 
   /* Walk the path so that a missing group reads as the missing dataset it implies. */
   char prefix[64];
@@ -218,7 +219,9 @@ sr_status sr_h5_in_open(sr_h5_in **fp, MPI_Comm comm, const char *path, const sr
     f->layers = cfg->layers > 0 ? cfg->layers : 0;
     f->heads[0] = cfg->q_heads;
     f->heads[1] = f->heads[2] = cfg->kv_heads;
-    f->n = cfg->seq_len;
+    /* A decode run reads its new tokens from the rows after the prompt. */
+    f->decode = cfg->phase == SR_PHASE_DECODE;
+    f->n = cfg->seq_len + (f->decode ? cfg->decode_steps : 0);
     f->d = cfg->head_dim;
     f->dset = malloc(sizeof *f->dset * (size_t)(3 * f->layers + 1));
     if (!f->path || !f->dset) st = sr__seterr(SR_ERR_NOMEM, "out of memory (HDF5 input handle)");
