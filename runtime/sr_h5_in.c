@@ -131,8 +131,9 @@ static sr_status in_check_dataset(sr_h5_in *f, int l, int w) {
   for (int i = 0; same && i < 3; i++) same = found[i] == expect[i];
   if (!same) {
     sr__h5_dims_str(fs, sizeof fs, nd, found);
-    st = sr__seterr(SR_ERR_SHAPE, "%s: %s: shape %s found, expected %s ([%s][seq_len][head_dim])",
-                    f->path, obj, fs, es, w == 0 ? "q_heads" : "kv_heads");
+    st = sr__seterr(SR_ERR_SHAPE, "%s: %s: shape %s found, expected %s ([%s][%s][head_dim])",
+                    f->path, obj, fs, es, w == 0 ? "q_heads" : "kv_heads",
+                    f->decode ? "seq_len + decode.steps" : "seq_len");
   }
 done:
   if (type >= 0) H5Tclose(type);
