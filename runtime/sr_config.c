@@ -180,7 +180,7 @@ const sr__key sr__keys[] = {
      .doc = "flexprefill: least verticals and slashes per q-head (>= 64); 0 = from sparsity (the paper's Table 3)"},
     {.parent = "attention", .field = CYAML_FIELD_INT("token_budget", OPT, sr_config, token_budget),
      .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 16, .hi = 1 << 30,
-     .doc = "quest: tokens attended per step besides the current page (a multiple of 16); 0 = (1 - sparsity) x prompt, rounded down to pages"},
+     .doc = "quest: tokens attended per step besides the current page (a multiple of 16); 0 = (1 - sparsity) x prompt to the nearest page"},
     {.parent = "attention", .field = CYAML_FIELD_INT("token_capacity", OPT, sr_config, token_capacity),
      .def = 0, .check = SR__CHECK_RANGE | SR__CHECK_ZERO_OK, .lo = 133, .hi = 1 << 30,
      .doc = "snapkv, ada_snapkv: prompt tokens kept per kv-head (> 132); 0 = (1 - sparsity) x prompt"},
@@ -545,9 +545,12 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
         return sr__seterr(SR_ERR_CONFIG, "%sattention.token_budget: %d is not a multiple of 16 "
                           "(whole pages)", w, c->token_budget);
       }
-      const int64_t budget = c->token_budget
-                                 ? c->token_budget
-                                 : (int64_t)((1.0 - c->sparsity) * (double)c->seq_len) / 16 * 16;
+      /* sr_decode_quest_budget's rule (runtime/decode/decode_rules.c) */
+      const int64_t budget =
+          c->token_budget
+              ? c->token_budget
+              : (int64_t)floor(floor((1.0 - c->sparsity) * (double)c->seq_len + 1e-6) / 16 + 0.5) *
+                    16;
       if (budget < 16 || budget + 16 > c->seq_len) {
         where(ctx, w, sizeof w, c->token_budget ? "attention.token_budget" : "attention.sparsity",
               "seq_len");
@@ -565,7 +568,7 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
       }
       const int64_t cap = c->token_capacity
                               ? (c->token_capacity < c->seq_len ? c->token_capacity : c->seq_len)
-                              : (int64_t)((1.0 - c->sparsity) * (double)c->seq_len);
+                              : (int64_t)floor((1.0 - c->sparsity) * (double)c->seq_len + 1e-6);
       if (cap <= 132) {
         where(ctx, w, sizeof w, c->token_capacity ? "attention.token_capacity" : "attention.sparsity",
               "seq_len");

@@ -428,8 +428,8 @@ static void test_budgets(void **st) {
   assert_int_equal(sr_decode_quest_budget(&c), 816);
   assert_int_equal(sr_decode_capacity(&c), 819);
   c.sparsity = 0.9;
-  c.seq_len = 4096; /* 409.6 */
-  assert_int_equal(sr_decode_quest_budget(&c), 400);
+  c.seq_len = 4096; /* 409.6: 25.6 pages -> 26 */
+  assert_int_equal(sr_decode_quest_budget(&c), 416);
   assert_int_equal(sr_decode_capacity(&c), 409);
   c.sparsity = 0.75;
   c.seq_len = 8192; /* exactly 2048 */
@@ -449,7 +449,31 @@ static void test_budgets(void **st) {
   c.seq_len = 512;
   c.token_capacity = 4096;
   assert_int_equal(sr_decode_capacity(&c), 512);
-  /* random grid: floor((1 - sp) n) in float64, quest rounded down to a page (>= 16) */
+  /* the paper's Table 3: SnapKV capacities and Quest budgets at 16K and 128000 from its grid of
+   * kept fractions (as the paper writes them, 4 decimals) */
+  {
+    const double keep[10] = {0.05, 0.0667, 0.1, 0.1333, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7};
+    const int64_t cap16[10] = {819, 1092, 1638, 2183, 3276, 4915, 6553, 8192, 9830, 11468};
+    const int64_t q16[10] = {816, 1088, 1632, 2176, 3280, 4912, 6560, 8192, 9824, 11472};
+    const int64_t q128[10] = {6400,  8544,  12800, 17056, 25600,
+                              38400, 51200, 64000, 76800, 89600};
+    for (int i = 0; i < 10; i++) {
+      c.token_budget = 0;
+      c.token_capacity = 0;
+      c.sparsity = 1.0 - keep[i];
+      c.seq_len = 16384;
+      assert_int_equal(sr_decode_capacity(&c), cap16[i]);
+      assert_int_equal(sr_decode_quest_budget(&c), q16[i]);
+      c.seq_len = 128000;
+      assert_int_equal(sr_decode_quest_budget(&c), q128[i]);
+    }
+    /* exact products stay whole: 16000 x 0.1 is 1599.9999999999995 in float64 */
+    c.seq_len = 16000;
+    c.sparsity = 0.9;
+    assert_int_equal(sr_decode_capacity(&c), 1600);
+    assert_int_equal(sr_decode_quest_budget(&c), 1600);
+  }
+  /* random grid: floor((1 - sp) n) in float64, quest the nearest whole page (>= 16) */
   for (int i = 0; i < 500; i++) {
     sr_config r;
     sr_config_defaults(&r);
@@ -460,7 +484,7 @@ static void test_budgets(void **st) {
     r.token_capacity = 0;
     const double keepf = (1.0 - r.sparsity) * (double)r.seq_len;
     const int64_t cap = (int64_t)floor(keepf);
-    int64_t q = cap - cap % 16;
+    int64_t q = (int64_t)floor((double)cap / 16 + 0.5) * 16;
     if (q < 16) q = 16;
     if (sr_decode_quest_budget(&r) != q || sr_decode_capacity(&r) != (cap < r.seq_len ? cap : r.seq_len))
       fail_msg("budgets at n %lld sparsity %.7f: quest %lld (want %lld), capacity %lld (want %lld)",

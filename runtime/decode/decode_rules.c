@@ -12,15 +12,23 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* (1 - sparsity) x n in float64 lands just below a whole number for many exact settings
+ * (16000 x 0.1 = 1599.9999999999995): a tolerance far below one token keeps those whole. */
+static double keep_tokens(const sr_config *cfg) {
+  return (1.0 - cfg->sparsity) * (double)cfg->seq_len + 1e-6;
+}
+
 int64_t sr_decode_quest_budget(const sr_config *cfg) {
   if (cfg->token_budget > 0) return cfg->token_budget;
-  int64_t b = (int64_t)((1.0 - cfg->sparsity) * (double)cfg->seq_len) / SR_PAGE * SR_PAGE;
+  /* The nearest whole page to the kept token count floor((1 - sparsity) n): this gives the
+   * paper's Table 3 Quest budgets from its SnapKV capacities (16K and 128000 rows) exactly. */
+  const int64_t keep = (int64_t)floor(keep_tokens(cfg));
+  int64_t b = (int64_t)floor((double)keep / SR_PAGE + 0.5) * SR_PAGE;
   return b < SR_PAGE ? SR_PAGE : b;
 }
 
 int64_t sr_decode_capacity(const sr_config *cfg) {
-  int64_t c = cfg->token_capacity > 0 ? cfg->token_capacity
-                                      : (int64_t)((1.0 - cfg->sparsity) * (double)cfg->seq_len);
+  int64_t c = cfg->token_capacity > 0 ? cfg->token_capacity : (int64_t)floor(keep_tokens(cfg));
   return c < cfg->seq_len ? c : cfg->seq_len;
 }
 
@@ -70,7 +78,7 @@ sr_status sr_ada_choose(const float *imp, int H, int64_t n, int64_t C, int32_t *
   int64_t m = C / 5 > 132 ? C / 5 : 132;
   if (m > C) m = C;
   const int64_t total = (int64_t)H * n;
-  int64_t *key = malloc((size_t)total * sizeof *key);
+  int64_t *key = calloc((size_t)(total > 0 ? total : 1), sizeof *key);
   int32_t *idx = malloc((size_t)(total > 0 ? total : 1) * sizeof *idx);
   if (!key || !idx) {
     free(key);
