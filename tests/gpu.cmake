@@ -4,3 +4,7 @@
 # other GPU tests (tests/gpu_mpi.cmake), so `ctest -j` never runs two of them at once.
 sr_unit_test(test_gpu_backend SOURCES test_gpu_backend.c LABELS gpu TIMEOUT 300)
 set_tests_properties(test_gpu_backend PROPERTIES RESOURCE_LOCK gpu)
+# The decode ops of the CUDA backend against float64 and the CPU backend (test_gpu_decode.c),
+# with the time of decode_fwd at 128K tokens printed; skipped (77) without a usable device.
+sr_unit_test(test_gpu_decode SOURCES test_gpu_decode.c LABELS gpu TIMEOUT 300)
+set_tests_properties(test_gpu_decode PROPERTIES RESOURCE_LOCK gpu)

@@ -992,6 +992,13 @@ extern "C" const sr_backend *sr_backend_cuda(int local_rank) {
   t->est_rowmax = cuda_est_rowmax;
   t->est_rowsum = cuda_est_rowsum;
   t->est_accum = cuda_est_accum;
+  t->decode_fwd = sr__cuda_decode_fwd;
+  t->page_minmax = sr__cuda_page_minmax;
+  t->page_scores = sr__cuda_page_scores;
+  t->page_topk = sr__cuda_page_topk;
+  t->est_colmax = sr__cuda_est_colmax;
+  t->upload = sr__cuda_upload_bytes;
+  t->download = sr__cuda_download_bytes;
   G.ready = 1;
   return &G.table;
 }

@@ -28,6 +28,8 @@ enum {
   SR_SCRATCH_STORE,    /* store and unstore: one chunk of fp32 values */
   SR_SCRATCH_EST,      /* estimate ops: uploaded run starts, row maxima and inverses */
   SR_SCRATCH_EST_OUT,  /* estimate ops: device sums (int64) and maxima on their way back */
+  SR_SCRATCH_DECODE,   /* decode_fwd: the split partials (m, s, acc) */
+  SR_SCRATCH_DECODE_UP, /* upload: staged bytes on their way to the caller's buffer */
   SR_SCRATCH_N
 };
 
@@ -49,6 +51,20 @@ sr_status sr__cuda_scratch(int which, size_t bytes, void **dev);
 /* The attn_fwd entry of the table (sr_cuda_attn.cu) and its one-time set-up. */
 sr_status sr__cuda_attn_fwd(const sr_attn_args *a);
 sr_status sr__cuda_attn_init(void);
+
+/* The decode ops of the table (sr_cuda_decode.cu; kernels.h "Decode"). */
+sr_status sr__cuda_decode_fwd(const sr_decode_args *a);
+sr_status sr__cuda_page_minmax(const void *k, int64_t nseg, int64_t seg_rows, int d, int64_t lp,
+                               int64_t p0, int64_t np, int len, void *pmin, void *pmax);
+sr_status sr__cuda_page_scores(const float *q, int nseq, int q_heads, int kv_heads, int per_qhead,
+                               const void *pmin, const void *pmax, int64_t lp, int64_t nvalid,
+                               int d, float *s);
+sr_status sr__cuda_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t nvalid, int k,
+                             int32_t *own_row, int32_t *own_len, float *cand);
+sr_status sr__cuda_est_colmax(const float *L, int W, int64_t nk, const float *gmax_host,
+                              const float *inv_host, int round_bf16, float *colmax_host);
+sr_status sr__cuda_upload_bytes(void *dst, const void *src_host, size_t bytes);
+sr_status sr__cuda_download_bytes(void *dst_host, const void *src, size_t bytes);
 
 /* Checks the launch that was just made. */
 #define SR_CUDA_LAUNCHED(what) SR_TRY(sr__cuda_check(cudaGetLastError(), (what), __FILE__, __LINE__))
