@@ -554,9 +554,10 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
       if (budget < 16 || budget + 16 > c->seq_len) {
         where(ctx, w, sizeof w, c->token_budget ? "attention.token_budget" : "attention.sparsity",
               "seq_len");
-        return sr__seterr(SR_ERR_CONFIG, "%squest: a budget of %lld tokens needs 16 <= budget <= "
-                          "seq_len - 16 (seq_len %lld)", w, (long long)budget,
-                          (long long)c->seq_len);
+        return sr__seterr(SR_ERR_CONFIG, "%s%s: quest's budget of %lld tokens needs 16 <= budget "
+                          "<= seq_len - 16 (seq_len %lld)", w,
+                          c->token_budget ? "attention.token_budget" : "attention.sparsity",
+                          (long long)budget, (long long)c->seq_len);
       }
     }
     if (c->method == SR_METHOD_SNAPKV || c->method == SR_METHOD_ADA_SNAPKV) {
@@ -572,8 +573,9 @@ sr_status sr__check_cross(const sr_config *c, sr__where_fn where, void *ctx) {
       if (cap <= 132) {
         where(ctx, w, sizeof w, c->token_capacity ? "attention.token_capacity" : "attention.sparsity",
               "seq_len");
-        return sr__seterr(SR_ERR_CONFIG, "%s%s: a capacity of %lld tokens must exceed 132 (the 4 "
-                          "sink and 128 local tokens it always keeps)", w,
+        return sr__seterr(SR_ERR_CONFIG, "%s%s: %s's capacity of %lld tokens must exceed 132 "
+                          "(the 4 sink and 128 local tokens it always keeps)", w,
+                          c->token_capacity ? "attention.token_capacity" : "attention.sparsity",
                           sr_method_name(c->method), (long long)cap);
       }
     }

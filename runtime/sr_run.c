@@ -614,13 +614,18 @@ static sr_status write_layer(const sr_config *fcfg, const sr_world *w, const sr_
   r->t[SR_PH_TOTAL] = twmax[1];
 
   /* Metrics as attributes of the layer group (rank 0's reduced values, on every rank). */
-  double saved[SR_PH_COUNT];
+  double saved[SR_PH_COUNT], saved_pf = r->prefill_s, saved_step = r->step_s;
   memcpy(saved, r->t, sizeof saved);
-  if (fixed_times()) memset(r->t, 0, sizeof r->t);
+  if (fixed_times()) {
+    memset(r->t, 0, sizeof r->t);
+    r->prefill_s = r->step_s = 0;
+  }
   double attrs[4] = {r->sparsity_measured, r->sparsity_paper, (double)r->bytes_sent,
                      r->t[SR_PH_TOTAL]};
   char *js = w->rank == 0 ? sr_report_json_string(fcfg, res, l) : NULL;
   memcpy(r->t, saved, sizeof saved);
+  r->prefill_s = saved_pf;
+  r->step_s = saved_step;
   int len = js ? (int)strlen(js) + 1 : 0;
   sr_status st = sr__mpi_check(MPI_Bcast(attrs, 4, MPI_DOUBLE, 0, w->comm), "MPI_Bcast", __FILE__,
                                __LINE__);

@@ -140,7 +140,7 @@ sr_error_test(decode_quest_budget_not_pages EXIT 2
               REGEX "attention.token_budget: 100 is not a multiple of 16" NP 2
               ARGS ${SR_DEC_SMALL} --set attention.method=quest --set attention.token_budget=100)
 sr_error_test(decode_quest_budget_too_big EXIT 2
-              REGEX "attention.token_budget.*a budget of 2048 tokens needs 16 <= budget <= seq_len - 16" NP 2
+              REGEX "attention.token_budget: quest.s budget of 2048 tokens needs 16 <= budget <= seq_len - 16" NP 2
               ARGS ${SR_DEC_SMALL} --set attention.method=quest --set attention.token_budget=2048)
 sr_error_test(decode_snapkv_capacity_132 EXIT 2
               REGEX "attention.token_capacity: 132 is neither 0 nor in .133, " NP 2
@@ -150,10 +150,10 @@ sr_error_test(decode_snapkv_capacity_132 EXIT 2
 # every other cross-field message does ("--set attention.sparsity: ..."); the messages name the
 # method instead ("--set snapkv: a capacity of ...", "--set quest: a budget of ..."): failing.
 sr_error_test(decode_snapkv_capacity_sparsity EXIT 2
-              REGEX "attention.sparsity.*a capacity of 102 tokens must exceed 132" NP 2
+              REGEX "attention.sparsity: snapkv.s capacity of 102 tokens must exceed 132" NP 2
               ARGS ${SR_DEC_SMALL} --set attention.method=snapkv --set attention.sparsity=0.95)
 sr_error_test(decode_ada_capacity_sparsity EXIT 2
-              REGEX "attention.sparsity.*ada_snapkv.*a capacity of 102 tokens must exceed 132" NP 2
+              REGEX "attention.sparsity: ada_snapkv.s capacity of 102 tokens must exceed 132" NP 2
               ARGS ${SR_DEC_SMALL} --set attention.method=ada_snapkv --set attention.sparsity=0.95)
 sr_error_test(decode_method_in_prefill EXIT 2
               REGEX "attention.method: quest is a decode method \\(set attention.phase: decode\\)" NP 2
