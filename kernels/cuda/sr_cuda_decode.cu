@@ -40,8 +40,10 @@
  */
 #include "sr_cuda_internal.h"
 
+#include <cuda_bf16.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define FULL 0xffffffffu
@@ -370,7 +372,373 @@ static dec_split_fn dec_split_kernel(int d, int gc) {
   }
 }
 
+/* ---- decode_fwd on the tensor cores (mma.sync m16n8k16) --------------------------------------
+ * Same work items, partials and merge as the SIMT kernel; a CTA takes GC = 8 * NMT q-heads of
+ * its list (NMT = 1 for groups of up to 8, 2 above; groups past 16 use several head chunks).
+ * Every warp owns a private ring of STAGES shared-memory slots, each holding one entry (16 rows)
+ * of K and of V, and streams its entries (e0 + w, e0 + w + DFM_WARPS, ...) through it with
+ * cp.async (16-byte copies; rows >= len zero-filled, never read from global memory), so warps
+ * never wait for each other before the final merge. Slot tiles are 16 rows x D bf16 in the
+ * prefill kernels' swizzle (16-byte chunk c of row r at chunk c ^ (r % 8) of its 128-byte panel
+ * row): conflict-free for the cp.async stores and for ldmatrix.
+ *
+ * Precision: the A operand of each m-tile holds 8 heads in two bf16 halves: row i (< 8) is
+ * hi = bf16(q * scale * log2 e), row 8 + i is lo = bf16(q * scale * log2 e - hi), so the
+ * thread that holds S[i][key] (c0/c1 of the m16n8 fragment) also holds S[8 + i][key] (c2/c3)
+ * and their sum is the score to about 2^-16 relative: fp32-class accuracy at the cost of one
+ * mma for 8 heads. P is split the same way (rows i: bf16(p), rows 8 + i: bf16(p - bf16(p)))
+ * and O[i] + O[8 + i] is the head's accumulator, so P.V is also exact to about 2^-16 (bf16 P
+ * alone would cost up to 2^-9 per weight, the size of the tests' tolerance). Per entry and
+ * m-tile: D/16 ldmatrix + D/8 mma for S, D/16 ldmatrix.trans + D/8 mma for O.
+ * Masking: keys >= len get score -inf (their K/V rows are zeros); padding entries (len 0) are
+ * copied as zeros and skipped. Softmax per head as in the SIMT kernel (base 2, running max m,
+ * sum l, reference 0 while m = -inf). At the end a quad's sums are added, the warps write
+ * (m, l, O) of their heads into the (then idle) ring memory and the CTA merges them in warp
+ * order exactly as the SIMT kernel does. Fixed entry-to-warp assignment, fixed orders:
+ * bitwise reproducible.
+ */
+#define DFM_WARPS 4
+#define DFM_TARGET_CTAS 1024 /* as the SIMT kernel (not measured for this one) */
+
+/* Element offset of (r, c) in a 16-row slot tile (chunks XOR-swizzled by r % 8, 64-column
+ * panels of 16 x 128 bytes). */
+static __device__ __forceinline__ int dfm_swz(int r, int c) {
+  return (c >> 6) * (16 * 64) + r * 64 + ((((c >> 3) & 7) ^ (r & 7)) << 3) + (c & 7);
+}
+static __device__ __forceinline__ uint32_t dfm_smem(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+/* 16-byte async copy global -> shared; bytes = 0 zero-fills the destination. */
+static __device__ __forceinline__ void dfm_cp16(uint32_t dst, const void *src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+static __device__ __forceinline__ void dfm_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void dfm_wait(void) {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+static __device__ __forceinline__ void dfm_ldsm4(uint32_t r[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+static __device__ __forceinline__ void dfm_ldsm4t(uint32_t r[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+/* c += a . b, one m16n8k16 tile (bf16 operands, fp32 accumulators). */
+static __device__ __forceinline__ void dfm_mma(float c[4], const uint32_t a[4], uint32_t b0,
+                                               uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+               "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* (x0, x1) -> hi = bf16x2 (round to nearest even; x0 in the low half) and lo = bf16x2 of the
+ * remainders, so x = hi + lo to about 2^-16 relative. */
+static __device__ __forceinline__ void dfm_split(float x0, float x1, uint32_t *hi, uint32_t *lo) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(x0, x1);
+  const uint32_t hb = *(uint32_t *)&h;
+  const float h0 = __uint_as_float(hb << 16), h1 = __uint_as_float(hb & 0xffff0000u);
+  __nv_bfloat162 r = __floats2bfloat162_rn(x0 - h0, x1 - h1);
+  *hi = hb;
+  *lo = *(uint32_t *)&r;
+}
+
+/* Entries of warp-local batch `batch` (indices batch*32 + lane) of a warp whose entries are
+ * ew, ew + DFM_WARPS, ... (nj of them); past the end: len 0. */
+static __device__ __forceinline__ void dfm_fetch(const dec_dev &a, int64_t l, int64_t ew, int nj,
+                                                 int batch, int lane, int32_t *row, int32_t *len) {
+  const int i = batch * 32 + lane;
+  *row = 0;
+  *len = 0;
+  if (i < nj) dec_entry(a, l, ew + (int64_t)i * DFM_WARPS, row, len);
+}
+
+/* Issues the copies of one entry (rows row .. row + len - 1 of the segment) into a slot's K and
+ * V tiles; tile rows >= len are zero-filled. Lane x copies chunks x, x + 32, ... */
+template <int D>
+static __device__ __forceinline__ void dfm_load(uint16_t *ks, uint16_t *vs, const uint16_t *kseg,
+                                                const uint16_t *vseg, int32_t row, int len,
+                                                int lane) {
+  constexpr int CPR = D / 8, LIT = 16 * CPR / 32;
+#pragma unroll
+  for (int it = 0; it < LIT; it++) {
+    const int x = it * 32 + lane, r = x / CPR, cc = x % CPR;
+    const bool ok = r < len;
+    const size_t off = ok ? ((size_t)row + (size_t)r) * D + (size_t)cc * 8 : 0;
+    const int sw = dfm_swz(r, cc * 8);
+    dfm_cp16(dfm_smem(ks + sw), kseg + off, ok ? 16 : 0);
+    dfm_cp16(dfm_smem(vs + sw), vseg + off, ok ? 16 : 0);
+  }
+}
+
+template <int D, int STAGES>
+static __host__ __device__ constexpr size_t dfm_smem_bytes() {
+  return (size_t)DFM_WARPS * STAGES * 2 * 16 * D * sizeof(uint16_t);
+}
+
+template <int D, int NMT, int STAGES>
+static __global__ void __launch_bounds__(DFM_WARPS * 32, 2) k_decode_mma(dec_dev a) {
+  constexpr int TILE = 16 * D; /* elements of one 16-row tile */
+  constexpr int KT = D / 16;   /* k16 steps of S = Q.K^T; d16 steps of O += P.V */
+  constexpr int DT = D / 8;    /* n8 tiles of O */
+  constexpr int GC = 8 * NMT;  /* q-heads per CTA */
+  static_assert((size_t)DFM_WARPS * GC * D * sizeof(float) <= dfm_smem_bytes<D, STAGES>(),
+                "the merge area must fit in the ring");
+  extern __shared__ __align__(128) unsigned char dfm_sm[];
+  __shared__ float sm_m[DFM_WARPS][GC], sm_s[DFM_WARPS][GC];
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c4 = lane & 3;
+  const int c = blockIdx.x, hc = blockIdx.z;
+  const int64_t l = blockIdx.y;
+  int64_t b;
+  int gk, h0;
+  dec_list(a, l, &b, &gk, &h0);
+  const int jbase = hc * GC;            /* first head of the list in this chunk */
+  const int nh = min(GC, a.G - jbase);  /* real heads of the chunk */
+  const size_t seg0 = ((size_t)b * (size_t)a.kv_heads + (size_t)gk) * (size_t)a.seg_rows;
+  const uint16_t *kseg = a.k + seg0 * D, *vseg = a.v + seg0 * D;
+  uint16_t *ring = (uint16_t *)dfm_sm + (size_t)warp * STAGES * 2 * TILE;
+
+  /* A fragments of Q (m16n8k16, row-major A): a0 = (row g, k 2c4..+1), a1 = (row g+8, same k),
+   * a2 = (row g, k 2c4+8..+9), a3 = (row g+8, k 2c4+8..+9); row g = hi of head mt*8+g, row
+   * g+8 = its lo. */
+  uint32_t qa[NMT][KT][4];
+#pragma unroll
+  for (int mt = 0; mt < NMT; mt++) {
+    const int hl = mt * 8 + g;
+    const float *qp = a.q + ((size_t)b * a.q_heads + (size_t)(h0 + jbase + (hl < nh ? hl : 0))) * D;
+#pragma unroll
+    for (int kk = 0; kk < KT; kk++)
+#pragma unroll
+      for (int half = 0; half < 2; half++) {
+        float2 x = make_float2(0.f, 0.f);
+        if (hl < nh) x = *(const float2 *)(qp + kk * 16 + half * 8 + 2 * c4);
+        dfm_split(x.x * a.qscale, x.y * a.qscale, &qa[mt][kk][half * 2], &qa[mt][kk][half * 2 + 1]);
+      }
+  }
+  float m[NMT], s[NMT], o[NMT][DT][4];
+#pragma unroll
+  for (int mt = 0; mt < NMT; mt++) {
+    m[mt] = -INFINITY;
+    s[mt] = 0.0f;
+#pragma unroll
+    for (int t = 0; t < DT; t++) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
+  }
+
+  /* This warp's entries: ew, ew + DFM_WARPS, ... below e1 (nj of them). */
+  const int64_t e0 = (int64_t)c * a.chunk;
+  const int64_t e1 = e0 + a.chunk < a.nent ? e0 + a.chunk : a.nent;
+  const int64_t ew = e0 + warp;
+  const int nj = ew < e1 ? (int)((e1 - ew + DFM_WARPS - 1) / DFM_WARPS) : 0;
+  /* (row, len) of warp-local entries batch*32 + lane: the loader's batch and the next one. */
+  int32_t cur_r, cur_n, nxt_r, nxt_n;
+  dfm_fetch(a, l, ew, nj, 0, lane, &cur_r, &cur_n);
+  dfm_fetch(a, l, ew, nj, 1, lane, &nxt_r, &nxt_n);
+  /* qlen[i]: len of warp-local entry j + i at the top of iteration j. */
+  int qlen[STAGES];
+#pragma unroll
+  for (int i = 0; i < STAGES; i++) qlen[i] = 0;
+
+  /* Loads warp-local entry jl (< nj; called for jl = 0, 1, 2, ... in order) into its slot;
+   * returns its len. Warp-uniform. */
+  auto load = [&](int jl) -> int {
+    if (jl > 0 && (jl & 31) == 0) {
+      cur_r = nxt_r, cur_n = nxt_n;
+      dfm_fetch(a, l, ew, nj, (jl >> 5) + 1, lane, &nxt_r, &nxt_n);
+    }
+    const int32_t row = __shfl_sync(FULL, cur_r, jl & 31), len = __shfl_sync(FULL, cur_n, jl & 31);
+    uint16_t *ks = ring + (size_t)(jl % STAGES) * 2 * TILE;
+    dfm_load<D>(ks, ks + TILE, kseg, vseg, row, len, lane);
+    return len;
+  };
+#pragma unroll
+  for (int i = 0; i < STAGES - 1; i++) {
+    if (i < nj) qlen[i] = load(i);
+    dfm_commit();
+  }
+
+  const int mi = lane >> 3;
+  const int krow = (lane & 7) + (mi >> 1) * 8, kcol = (mi & 1) * 8; /* K: 4 non-transposed 8x8 */
+  const int vrow = (lane & 7) + (mi & 1) * 8, vcol = (mi >> 1) * 8; /* V: 4 transposed 8x8 */
+  for (int j = 0; j < nj; j++) {
+    const int jl = j + STAGES - 1;
+    qlen[STAGES - 1] = 0;
+    if (jl < nj) qlen[STAGES - 1] = load(jl); /* into the slot that iteration j-1 read */
+    dfm_commit();
+    dfm_wait<STAGES - 1>(); /* this thread's copies of entry j have landed */
+    __syncwarp();           /* ... and every lane's */
+    const int len = qlen[0];
+    if (len > 0) {
+      const uint16_t *ks = ring + (size_t)(j % STAGES) * 2 * TILE, *vs = ks + TILE;
+      /* S = Q.K^T for the entry's 16 keys: ldmatrix.x4 gives b0/b1 of keys 0-7 and of keys 8-15
+       * for one k16 step. */
+      float sc[NMT][2][4];
+#pragma unroll
+      for (int mt = 0; mt < NMT; mt++)
+#pragma unroll
+        for (int t = 0; t < 2; t++) sc[mt][t][0] = sc[mt][t][1] = sc[mt][t][2] = sc[mt][t][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < KT; kk++) {
+        uint32_t bk[4];
+        dfm_ldsm4(bk, dfm_smem(ks + dfm_swz(krow, kk * 16 + kcol)));
+#pragma unroll
+        for (int mt = 0; mt < NMT; mt++) {
+          dfm_mma(sc[mt][0], qa[mt][kk], bk[0], bk[1]);
+          dfm_mma(sc[mt][1], qa[mt][kk], bk[2], bk[3]);
+        }
+      }
+      /* Online softmax of head mt*8+g over keys t*8 + 2c4 + x (t, x in {0, 1}); P as the A
+       * fragment of one k16 step: a0/a2 = hi of keys 2c4.. / 8+2c4.., a1/a3 = their lo. */
+      uint32_t pa[NMT][4];
+#pragma unroll
+      for (int mt = 0; mt < NMT; mt++) {
+        float z[2][2];
+        float mx = m[mt];
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+          for (int x = 0; x < 2; x++) {
+            const int key = t * 8 + 2 * c4 + x;
+            z[t][x] = key < len ? sc[mt][t][x] + sc[mt][t][x + 2] : -INFINITY;
+            mx = fmaxf(mx, z[t][x]);
+          }
+        mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL, mx, 2));
+        const float ref = mx == -INFINITY ? 0.0f : mx;
+        const float f = exp2f(m[mt] - ref); /* 0 while m = -inf */
+        float p[2][2];
+#pragma unroll
+        for (int t = 0; t < 2; t++)
+#pragma unroll
+          for (int x = 0; x < 2; x++) p[t][x] = exp2f(z[t][x] - ref);
+        s[mt] = s[mt] * f + ((p[0][0] + p[0][1]) + (p[1][0] + p[1][1]));
+        m[mt] = mx;
+#pragma unroll
+        for (int t = 0; t < DT; t++) {
+          o[mt][t][0] *= f, o[mt][t][1] *= f;
+          o[mt][t][2] *= f, o[mt][t][3] *= f;
+        }
+        dfm_split(p[0][0], p[0][1], &pa[mt][0], &pa[mt][1]);
+        dfm_split(p[1][0], p[1][1], &pa[mt][2], &pa[mt][3]);
+      }
+      /* O += P.V: ldmatrix.x4.trans gives b0/b1 of d-tiles 2dd and 2dd+1 (keys 0-7 / 8-15). */
+#pragma unroll
+      for (int dd = 0; dd < KT; dd++) {
+        uint32_t bv[4];
+        dfm_ldsm4t(bv, dfm_smem(vs + dfm_swz(vrow, dd * 16 + vcol)));
+#pragma unroll
+        for (int mt = 0; mt < NMT; mt++) {
+          dfm_mma(o[mt][2 * dd], pa[mt], bv[0], bv[1]);
+          dfm_mma(o[mt][2 * dd + 1], pa[mt], bv[2], bv[3]);
+        }
+      }
+    }
+    __syncwarp(); /* every lane is done with slot j % STAGES before iteration j+1 refills it */
+#pragma unroll
+    for (int i = 0; i < STAGES - 1; i++) qlen[i] = qlen[i + 1];
+  }
+  dfm_wait<0>(); /* nothing in flight (empty groups only) */
+  __syncthreads(); /* every warp is done with its ring: it becomes the merge area */
+
+  /* Quad sums; O[head] = rows g + rows g+8 (hi and lo parts of P). */
+  float *sm_acc = (float *)dfm_sm; /* [DFM_WARPS][GC][D] */
+#pragma unroll
+  for (int mt = 0; mt < NMT; mt++) {
+    float st = s[mt];
+    st += __shfl_xor_sync(FULL, st, 1);
+    st += __shfl_xor_sync(FULL, st, 2);
+    const int hl = mt * 8 + g;
+    if (hl < nh) {
+      float *dst = sm_acc + ((size_t)warp * GC + hl) * D + 2 * c4;
+#pragma unroll
+      for (int t = 0; t < DT; t++)
+        *(float2 *)(dst + t * 8) = make_float2(o[mt][t][0] + o[mt][t][2], o[mt][t][1] + o[mt][t][3]);
+      if (c4 == 0) {
+        sm_m[warp][hl] = m[mt];
+        sm_s[warp][hl] = st;
+      }
+    }
+  }
+  __syncthreads();
+  /* Warps merge in ascending order; one partial per (list, head, split). */
+  for (int t = threadIdx.x; t < nh * D; t += DFM_WARPS * 32) {
+    const int j = t / D, x = t % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < DFM_WARPS; w++) M = fmaxf(M, sm_m[w][j]);
+    float ax = 0.0f, S = 0.0f;
+#pragma unroll
+    for (int w = 0; w < DFM_WARPS; w++) {
+      const float mw = sm_m[w][j];
+      if (mw == -INFINITY) continue;
+      const float f = exp2f(mw - M);
+      ax = fmaf(sm_acc[((size_t)w * GC + j) * D + x], f, ax);
+      S = fmaf(sm_s[w][j], f, S);
+    }
+    const size_t p = ((size_t)l * a.G + (size_t)(jbase + j)) * (size_t)a.nsplit + (size_t)c;
+    a.pacc[p * D + x] = ax;
+    if (x == 0) {
+      a.pm[p] = M;
+      a.ps[p] = S;
+    }
+  }
+}
+
+/* Ring depth per head dim: 96 KiB of slots per CTA either way (2 CTAs per SM). */
+#define DFM_STAGES_64 6
+#define DFM_STAGES_128 3
+
+static sr_status dec_mma_kernel(int d, int nmt, dec_split_fn *fn, size_t *smem) {
+  static int attr_set[2][2];
+  const int di = d == 64 ? 0 : 1, ni = nmt == 1 ? 0 : 1;
+  if (d == 64) {
+    *fn = nmt == 1 ? k_decode_mma<64, 1, DFM_STAGES_64> : k_decode_mma<64, 2, DFM_STAGES_64>;
+    *smem = dfm_smem_bytes<64, DFM_STAGES_64>();
+  } else {
+    *fn = nmt == 1 ? k_decode_mma<128, 1, DFM_STAGES_128> : k_decode_mma<128, 2, DFM_STAGES_128>;
+    *smem = dfm_smem_bytes<128, DFM_STAGES_128>();
+  }
+  if (!attr_set[di][ni]) {
+    SR_CUDA(cudaFuncSetAttribute(*fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)*smem));
+    attr_set[di][ni] = 1;
+  }
+  return SR_OK;
+}
+
+/* SR_DECODE_KERNEL (read on every call): "simt", "mma", or unset / empty for the default (mma:
+ * both head dims the CUDA backend has are covered). */
+static sr_status dec_kernel_choice(int *use_mma) {
+  const char *e = getenv("SR_DECODE_KERNEL");
+  if (!e || !*e || strcmp(e, "mma") == 0) *use_mma = 1;
+  else if (strcmp(e, "simt") == 0) *use_mma = 0;
+  else
+    return sr__seterr(SR_ERR_CONFIG, "SR_DECODE_KERNEL=%s: simt or mma (or unset)", e);
+  return SR_OK;
+}
+
+/* Splits of a list: about `target` CTAs over all lists and head chunks, from the counts alone. */
+static void dec_splits(int64_t nl, int nhc, int64_t nent, int64_t target, int64_t *nsplit,
+                       int64_t *chunk) {
+  *nsplit = 0;
+  *chunk = 1;
+  if (nent <= 0) return;
+  const int64_t work = nl * nhc * nent;
+  int64_t ch = (work + target - 1) / target;
+  if (ch < DF_MIN_CHUNK) ch = DF_MIN_CHUNK;
+  int64_t ns = (nent + ch - 1) / ch;
+  if (ns > DF_MAX_SPLIT) ns = DF_MAX_SPLIT;
+  ch = (nent + ns - 1) / ns; /* balanced */
+  *nsplit = (nent + ch - 1) / ch;
+  *chunk = ch;
+}
+
 sr_status sr__cuda_decode_fwd(const sr_decode_args *a) {
+  int use_mma = 0;
+  SR_TRY(dec_kernel_choice(&use_mma));
   if (!a || a->nseq <= 0 || a->q_heads <= 0 || a->kv_heads <= 0 ||
       a->q_heads % a->kv_heads != 0 || a->seg_rows < 0 || a->own_stride < 0 || a->nshared < 0)
     return sr__seterr(SR_ERR_SHAPE, "decode_fwd: bad shape (nseq %d, heads %d/%d, d %d)",
@@ -398,19 +766,12 @@ sr_status sr__cuda_decode_fwd(const sr_decode_args *a) {
   if (nl > 65535 || nl * G > INT32_MAX)
     return sr__seterr(SR_ERR_SHAPE, "decode_fwd: %lld lists (at most 65535 on CUDA)", (long long)nl);
 
-  /* Splits: about DF_TARGET_CTAS CTAs over all lists and head chunks, from the counts alone. */
-  int gc = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-  const int nhc = (G + gc - 1) / gc; /* head chunks (G > 8: several) */
+  /* Heads per CTA: SIMT 1, 2, 4 or 8; mma 8 (one m-tile) or 16 (two). More: head chunks. */
+  const int nmt = G <= 8 ? 1 : 2;
+  const int gc = use_mma ? 8 * nmt : G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
+  const int nhc = (G + gc - 1) / gc;
   int64_t nsplit = 0, chunk = 1;
-  if (nent > 0) {
-    const int64_t work = nl * nhc * nent;
-    chunk = (work + DF_TARGET_CTAS - 1) / DF_TARGET_CTAS;
-    if (chunk < DF_MIN_CHUNK) chunk = DF_MIN_CHUNK;
-    nsplit = (nent + chunk - 1) / chunk;
-    if (nsplit > DF_MAX_SPLIT) nsplit = DF_MAX_SPLIT;
-    chunk = (nent + nsplit - 1) / nsplit; /* balanced */
-    nsplit = (nent + chunk - 1) / chunk;
-  }
+  dec_splits(nl, nhc, nent, use_mma ? DFM_TARGET_CTAS : DF_TARGET_CTAS, &nsplit, &chunk);
   const int D = a->d;
   const size_t npart = (size_t)nl * (size_t)G * (size_t)nsplit;
   void *ws = NULL;
@@ -446,8 +807,16 @@ sr_status sr__cuda_decode_fwd(const sr_decode_args *a) {
   cudaStream_t st = sr__cuda_compute_stream();
   if (nsplit > 0) {
     const dim3 grid((unsigned)nsplit, (unsigned)nl, (unsigned)nhc);
-    dec_split_kernel(D, gc)<<<grid, DF_WARPS * 32, 0, st>>>(dv);
-    SR_CUDA_LAUNCHED("decode_fwd: split kernel");
+    if (use_mma) {
+      dec_split_fn fn = NULL;
+      size_t smem = 0;
+      SR_TRY(dec_mma_kernel(D, nmt, &fn, &smem));
+      fn<<<grid, DFM_WARPS * 32, smem, st>>>(dv);
+      SR_CUDA_LAUNCHED("decode_fwd: mma split kernel");
+    } else {
+      dec_split_kernel(D, gc)<<<grid, DF_WARPS * 32, 0, st>>>(dv);
+      SR_CUDA_LAUNCHED("decode_fwd: split kernel");
+    }
   }
   if (D == 64)
     k_decode_merge<64><<<(unsigned)(nl * G), DM_THREADS, 0, st>>>(dv);
