@@ -36,7 +36,12 @@
  * 512..4096 CTAs, 8 rows per slot and 2..4 CTAs per SM all measured slower or equal. The loop is
  * instruction-bound (per row and lane: 8 widenings, 8G FMAs for q.k, a 4-step shuffle tree per
  * head, 8 widenings and 8G FMAs for p.v), not latency-bound; the way to the copy's speed is to
- * put q.k and p.v on the tensor cores (mma.sync m16n8k16 with K/V staged by cp.async).
+ * put q.k and p.v on the tensor cores: k_decode_mma below (mma.sync m16n8k16, K/V staged by
+ * cp.async into per-warp rings; same splits policy, partials and merge kernel).
+ * Kernel choice: SR_DECODE_KERNEL=simt|mma, read on every call (unset or empty: mma; anything
+ * else: SR_ERR_CONFIG), so tests and benchmarks can compare the two in one process. Both give
+ * bitwise reproducible results for a given choice; the two differ from each other in the last
+ * bits. The mma kernel needs sm_80 or later (the build's default is sm_90a).
  */
 #include "sr_cuda_internal.h"
 
