@@ -12,7 +12,9 @@
 #   --quality   the quality mode instead of the speed mode (below)
 #
 # Environment: SR_DECODE_BACKEND (cuda | cpu | auto; default cuda), SR_DECODE_WORK (folder for
-# the per-run JSON reports and logs; default a fresh mktemp -d, kept), SR_DECODE_LAUNCH (a
+# the per-run JSON reports and logs; default a fresh mktemp -d, kept), SR_DECODE_STEPS (steps
+# of the speed runs, default 256; batch 32 runs a quarter), SR_DECODE_QUALITY_N (the quality
+# mode's N list, default "16384 32768"), SR_DECODE_LAUNCH (a
 # launcher prefix, e.g. "mpirun -np 1 --bind-to none"; default none: the binary runs as a
 # singleton, one rank), SR_DECODE_TIMEOUT (seconds per run, default 300), SR_DECODE_PYTHON
 # (default python3).
@@ -111,6 +113,7 @@ run() { # name method seq_len batch steps sparsity verify_rows
 
 if (( quality )); then
   if (( quick )); then ns=(4096 8192); else ns=(16384 32768); fi
+  [[ -n ${SR_DECODE_QUALITY_N:-} ]] && read -r -a ns <<<"$SR_DECODE_QUALITY_N"
   echo "# quality: dense, quest, snapkv, ada_snapkv at sparsity 0.95 0.9 0.8 0.5; N ${ns[*]};" \
        "batch 2, 32 steps, verify.rows 8"
   for n in "${ns[@]}"; do
@@ -130,7 +133,8 @@ fi
 if (( quick )); then
   n_small=16384 n_big=65536 batches=(1 4) steps_a=32 steps_b=32 steps_big_b=32
 else
-  n_small=131072 n_big=1048576 batches=(1 8 32) steps_a=256 steps_b=256 steps_big_b=64
+  n_small=131072 n_big=1048576 batches=(1 8 32) steps_a=${SR_DECODE_STEPS:-256}
+  steps_b=$steps_a steps_big_b=$(( steps_a / 4 ))
 fi
 sp=0.95
 echo "# speed (a): dense and quest (sparsity $sp), N $n_small and $n_big, batch 1, $steps_a steps"
