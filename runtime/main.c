@@ -20,6 +20,7 @@
 #include "sr_ckpt.h"
 #include "sr_comm.h"
 #include "sr_config.h"
+#include "sr_cost.h"
 #include "sr_h5.h"
 #include "sr_inspect.h"
 #include "sr_internal.h"
@@ -37,6 +38,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "Usage: mpirun -np P sparsering [run|config] [options]\n"
           "       mpirun -np P sparsering inspect [options]   (sparsering inspect --help)\n"
+          "       sparsering cost [options]                   (sparsering cost --help)\n"
           "\n"
           "Sharded sparse attention over long contexts (The Sparse Frontier methods), with\n"
           "only the selected KV blocks exchanged between ranks.\n"
@@ -46,6 +48,8 @@ static void usage(FILE *f) {
           "  config    print the effective config (YAML) and exit\n"
           "  inspect   how concentrated the input's attention is: the mass of each row's top-k\n"
           "            keys, per head, exact in float64 (synthetic or HDF5 input)\n"
+          "  cost      the paper's cost model for whole models (Qwen2.5, Llama-3.1, Gemma-3):\n"
+          "            prefill FLOPs and decode traffic per N, sparsity and batch; no MPI\n"
           "\n"
           "Options:\n"
           "  -c, --config FILE     YAML config (default: the embedded demo, configs/demo.yaml)\n"
@@ -85,6 +89,8 @@ int main(int argc, char **argv) {
    * the rank. A run that was signalled before its first layer stops at once with exit 75. */
   /* `inspect` has its own options and runs its own MPI life cycle. */
   if (argc > 1 && strcmp(argv[1], "inspect") == 0) return sr_inspect_main(argc - 1, argv + 1);
+  /* `cost` is arithmetic only: no MPI at all (it also runs without mpirun). */
+  if (argc > 1 && strcmp(argv[1], "cost") == 0) return sr_cost_main(argc - 1, argv + 1);
   sr_ckpt_signals_install();
   MPI_Init(&argc, &argv);
   int rank = 0;
@@ -136,8 +142,11 @@ int main(int argc, char **argv) {
   const char *command = "run";
   if (st == SR_OK && optind < argc) {
     command = argv[optind++];
-    if (strcmp(command, "run") != 0 && strcmp(command, "config") != 0)
-      st = sr__seterr(SR_ERR_USAGE, "unknown command '%s' (expected run, config or inspect first)", command);
+    if (strcmp(command, "cost") == 0 || strcmp(command, "inspect") == 0)
+      st = sr__seterr(SR_ERR_USAGE, "'%s' must be the first argument, before any option "
+                      "(sparsering %s --help)", command, command);
+    else if (strcmp(command, "run") != 0 && strcmp(command, "config") != 0)
+      st = sr__seterr(SR_ERR_USAGE, "unknown command '%s' (expected run, config, inspect or cost first)", command);
     else if (optind < argc)
       st = sr__seterr(SR_ERR_USAGE, "unexpected argument '%s' (see --help)", argv[optind]);
   }

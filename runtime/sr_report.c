@@ -3,6 +3,7 @@
  * rank map), one aligned row per layer, a summary, and the same numbers as JSON (cJSON).
  */
 #include "sr_run.h"
+#include "sr_cost.h"
 #include "sr_method.h"
 #include "sr_internal.h"
 
@@ -160,6 +161,20 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
   fprintf(f, "# attention (exchange + compute, max over ranks): %.3f s, %.2f GFLOP/s effective, %.2f GFLOP/s "
              "sparse-aware\n",
           ct, ct > 0 ? s.flops_eff / ct / 1e9 : 0, ct > 0 ? s.flops_sparse / ct / 1e9 : 0);
+  {
+    /* The paper's cost model (sr_cost.h) for this run's shapes: score FLOPs of one layer, dense
+     * over the causal triangle, and of all layers at each layer's paper-formula sparsity. */
+    double dense = sr_cost_attn_layer_flops(cfg->seq_len, cfg->q_heads, cfg->head_dim, 0.0, true);
+    double model = 0;
+    for (int l = 0; l < res->layers; l++)
+      model += sr_cost_attn_layer_flops(cfg->seq_len, cfg->q_heads, cfg->head_dim,
+                                        res->layer[l].sparsity_paper, true);
+    fprintf(f, "# cost model (docs/COST.md): attention scores %.3f GFLOP per layer dense causal, "
+               "%.3f GFLOP for %d layer%s at the paper sparsity; measured %.3f s = %.2f GFLOP/s "
+               "of modelled work\n",
+            dense / 1e9, model / 1e9, res->layers, res->layers == 1 ? "" : "s", ct,
+            ct > 0 ? model / ct / 1e9 : 0);
+  }
   for (int l = 0; l < res->layers; l++) {
     const sr_layer_result *r = &res->layer[l];
     if (!r->verified) continue;
