@@ -11,17 +11,22 @@ script=$repo/jobs/sparsering-requeue.sbatch
 [ -x "$script" ] || fail "$script is not executable"
 
 here=$PWD
-# The reference at the same absolute path the job uses (the path is part of the stored config).
-run --resume -o "$here/out.h5" || fail "reference run failed"
+# The reference at the same absolute paths the job uses (the output and report paths are part
+# of the stored config; the job writes its report sparsering-<job id>.json).
+run --resume -o "$here/out.h5" --json "$here/sparsering-4242.json" || fail "reference run failed"
 mv out.h5 ref.h5
+rm sparsering-4242.json
 mkdir -p fakebin
 cat >fakebin/scontrol <<EOF
 #!/bin/sh
 echo "\$*" >>"$PWD/scontrol.log"
 EOF
 chmod +x fakebin/scontrol
-export PATH=$PWD/fakebin:$PATH SPARSERING=$SR_BIN SLURM_SUBMIT_DIR=$repo SLURM_JOB_ID=4242
-export SR_LAUNCH="$MPIEXEC -np $NP"
+# The job runs in its submission directory (here); the launcher line is the script's own
+# (mpirun --map-by ppr:NP:node ... from SLURM_NTASKS; tests/slurm_anydir.sh checks it further).
+export PATH=$PWD/fakebin:$PATH SPARSERING=$SR_BIN SLURM_SUBMIT_DIR=$here SLURM_JOB_ID=4242
+export SPARSERING_MPIRUN=$MPIEXEC SLURM_NTASKS=$NP SLURM_NTASKS_PER_NODE=$NP
+unset SR_LAUNCH SPARSERING_LAUNCHER SPARSERING_OUT_DIR SPARSERING_HOME
 
 # The first start, told to stop while layer 0 or 1 is in progress.
 SR_TEST_DELAY_MS=60 SLURM_RESTART_COUNT=0 "$script" "${ARGS[@]}" -o "$here/out.h5" \
@@ -32,6 +37,7 @@ kill -USR1 "$job"
 wait "$job"
 rc=$?
 [ $rc -eq 0 ] || fail "first start: script exit $rc, expected 0 after requeueing ($(tail -2 job1.out))"
+grep -q "^# launcher: mpirun: .*--map-by ppr:$NP:node" job1.out || fail "no launcher line: $(head -8 job1.out)"
 grep -q "got SIGUSR1" job1.out || fail "the script did not see SIGUSR1"
 grep -q "^sparsering: interrupted by SIGUSR1" job1.err || fail "sparsering was not interrupted"
 [ "$(cat scontrol.log)" = "requeue 4242" ] || fail "scontrol was asked: $(cat scontrol.log)"
@@ -42,6 +48,7 @@ ok "first start: stopped by SIGUSR1, requeued ($(grep requeueing job1.out | cut 
 SLURM_RESTART_COUNT=1 "$script" "${ARGS[@]}" -o "$here/out.h5" >job2.out 2>job2.err ||
   fail "requeued start failed: $(tail -3 job2.out job2.err)"
 grep -q "done" job2.out || fail "requeued start did not finish"
+[ -s sparsering-4242.json ] || fail "no JSON report sparsering-4242.json in the submission directory"
 [ "$(wc -l <scontrol.log)" -eq 1 ] || fail "requeued again after finishing"
 same "stopped by the job script, requeued, resumed" --bytes
 

@@ -2,7 +2,11 @@
 # fault_slurm.sh — jobs/sparsering-requeue.sbatch under a real single-node Slurm: the batch
 # shell gets SIGUSR1 (`scancel --batch --signal=USR1`, what --signal=B:USR1@N delivers), the
 # job exits 75 and requeues itself with `scontrol requeue`, the requeued job (restart 1)
-# resumes, and the published file is identical to an uninterrupted run.
+# resumes, and the published file is identical to an uninterrupted run. The job is submitted
+# from a directory outside the repository (a temporary one) by the repository's own path, as a
+# user would: the script finds the repository through `scontrol show job` (Command=), the log
+# and the JSON report land in that submission directory. Then jobs/sparsering.sbatch runs with
+# SPARSERING_LAUNCHER=srun (srun --mpi=pmix; skipped where Slurm has no pmix plugin).
 # Starts its own munged, slurmctld and slurmd under this test's directory and
 # stops them by PID at the end. Needs root and Debian's slurm-wlm + munge; exit 77 (skipped)
 # without them. With SR_SLURM_TIMELIMIT=1 the signal comes from a real 1-minute time limit
@@ -18,10 +22,14 @@ S=$here/slurm
 mkdir -p "$S"/state "$S"/spool /run/munge
 chown munge:munge /run/munge
 pids=()
+# The submission directory: outside the repository (the build tree may lie inside it).
+sub=$(mktemp -d "${TMPDIR:-/tmp}/sr-slurm-submit.XXXXXX") || fail "mktemp failed"
+case $sub/ in "$repo"/*) fail "$sub is inside the repository" ;; esac
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
+  rm -rf "$sub"
 }
 trap cleanup EXIT
 
@@ -77,11 +85,6 @@ for i in $(seq 50); do
 done
 sinfo -h -o %t | grep -qE '^idle' || fail "the node does not come up: $(sinfo 2>&1 | tail -1)"
 
-# The reference, at the absolute path the job writes to.
-run --resume -o "$here/out.h5" || fail "reference run failed"
-mv out.h5 ref.h5
-
-cp "$repo/jobs/sparsering-requeue.sbatch" job.sbatch
 extra=()
 if [ "${SR_SLURM_TIMELIMIT:-0}" = 1 ]; then
   extra=(--time=1 --signal=B:USR1@50)
@@ -89,10 +92,11 @@ if [ "${SR_SLURM_TIMELIMIT:-0}" = 1 ]; then
 else
   delay=60
 fi
-# jobs/env.sh is sourced from SLURM_SUBMIT_DIR: submit from the repository.
-jid=$(cd "$repo" && sbatch --parsable -n "$NP" --overcommit --output="$here/job-%j.out" \
-      "${extra[@]}" --export=ALL,SPARSERING="$SR_BIN",SR_LAUNCH="$MPIEXEC",SR_TEST_DELAY_MS=$delay \
-      "$here/job.sbatch" "${ARGS[@]}" -o "$here/out.h5") || fail "sbatch failed"
+# Submitted from $sub by the repository's path; no SPARSERING_HOME, no --output: the log goes
+# to $sub/sparsering-<job>.out. Output paths are absolute (the reference is made at the same).
+jid=$(cd "$sub" && env -u SPARSERING_HOME sbatch --parsable -n "$NP" --overcommit \
+      "${extra[@]}" --export=ALL,SPARSERING="$SR_BIN",SPARSERING_MPIRUN="$MPIEXEC",SR_TEST_DELAY_MS=$delay \
+      "$repo/jobs/sparsering-requeue.sbatch" "${ARGS[@]}" -o "$here/out.h5") || fail "sbatch failed"
 echo "# job $jid submitted"
 state() { scontrol show job "$jid" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
 restarts() { scontrol show job "$jid" 2>/dev/null | grep -o 'Restarts=[0-9]*' | cut -d= -f2; }
@@ -116,14 +120,53 @@ for i in $(seq 900); do
     [ $pending_since -ge 8 ] && scontrol update jobid="$jid" StartTime=now 2>/dev/null
   fi
   case $s in FAILED | CANCELLED | TIMEOUT | NODE_FAIL)
-    fail "job ended $s: $(cat "$here"/job-*.out | tail -5); slurmctld: $(tail -n 3 "$S"/slurmctld.log)" ;;
+    fail "job ended $s: $(tail -5 "$sub/sparsering-$jid.out"); slurmctld: $(tail -n 3 "$S"/slurmctld.log)" ;;
   esac
   sleep 0.2
 done
 [ "$(state)" = COMPLETED ] || fail "job not completed: $(state) (restarts $(restarts))"
-grep -h "job $jid:" "$here"/job-*.out | sed 's/^/  /'
-grep -q "got SIGUSR1" "$here"/job-*.out || fail "the job never saw SIGUSR1"
-grep -q "requeueing" "$here"/job-*.out || fail "the job did not requeue itself"
-ok "job $jid: stopped by SIGUSR1, requeued (restarts $(restarts)), completed"
+log=$sub/sparsering-$jid.out
+[ -s "$log" ] || fail "no job log $log in the submission directory: $(ls "$sub")"
+grep -h "job $jid:" "$log" | sed 's/^/  /'
+grep -q "got SIGUSR1" "$log" || fail "the job never saw SIGUSR1"
+grep -q "requeueing" "$log" || fail "the job did not requeue itself"
+grep -q "^# home: $repo (scontrol Command=)" "$log" || fail "home not found from Command=: $(grep '^# home' "$log")"
+grep -q "^# launcher: mpirun: .*--map-by ppr:$NP:node" "$log" || fail "no launcher line: $(grep '^# launcher' "$log")"
+[ "$(grep -c '^# sparsering job' "$log")" -eq 2 ] || fail "expected a header for each of 2 starts"
+[ -s "$sub/sparsering-$jid.json" ] || fail "no JSON report in the submission directory"
+ok "job $jid: stopped by SIGUSR1, requeued (restarts $(restarts)), completed; log and report in $sub"
+grep -h "^# \(nodes\|launcher\|binding\)" "$log" | head -3 | sed 's/^/  /'
+
+# The reference, at the absolute paths the job wrote to (output and report paths are part of
+# the stored config).
+mv out.h5 job.h5 && mv "$sub/sparsering-$jid.json" job.json
+run --resume -o "$here/out.h5" --json "$sub/sparsering-$jid.json" || fail "reference run failed"
+mv out.h5 ref.h5 && mv job.h5 out.h5
 same "under Slurm: stopped, requeued, resumed" --bytes
+
+# jobs/sparsering.sbatch with srun --mpi=pmix, also from $sub, report in SPARSERING_OUT_DIR.
+if ! srun --mpi=list 2>&1 | grep -q pmix; then
+  echo "skip: srun has no pmix plugin (srun --mpi=list)"
+  echo "PASS"
+  exit 0
+fi
+# A CPU per rank where the node has them: then srun binds (--cpus-per-task=1 --cpu-bind=cores).
+over=()
+[ "$(slurmd -C | grep -o 'CPUs=[0-9]*' | cut -d= -f2)" -ge "$NP" ] || over=(--overcommit)
+jid=$(cd "$sub" && sbatch --parsable -n "$NP" "${over[@]}" \
+      --export=ALL,SPARSERING="$SR_BIN",SPARSERING_LAUNCHER=srun,SPARSERING_OUT_DIR="$here/srun-out" \
+      "$repo/jobs/sparsering.sbatch" "${ARGS[@]}" -o "$here/srun.h5") || fail "sbatch (srun) failed"
+for i in $(seq 300); do
+  case $(state) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL) break ;; esac
+  sleep 0.2
+done
+log=$sub/sparsering-$jid.out
+[ "$(state)" = COMPLETED ] || fail "srun job $(state): $(tail -5 "$log")"
+grep -q "^# launcher: srun: srun --mpi=pmix .*--ntasks-per-node=$NP" "$log" ||
+  fail "no srun launcher line: $(grep '^# launcher' "$log")"
+[ -s "$here/srun-out/sparsering-$jid.json" ] || fail "no report in SPARSERING_OUT_DIR"
+[ -s "$here/srun-out/sparsering-$jid.out" ] || fail "no copy of the log in SPARSERING_OUT_DIR"
+grep -q "^# ranks $NP," "$log" || fail "sparsering did not run on $NP ranks: $(grep '^# ranks' "$log")"
+ok "job $jid: srun --mpi=pmix on $NP ranks; report and log copy in SPARSERING_OUT_DIR"
+grep -h "^# \(launcher\|binding\)" "$log" | sed 's/^/  /'
 echo "PASS"
