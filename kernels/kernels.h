@@ -182,10 +182,10 @@ typedef struct sr_backend {
   sr_status (*page_scores)(const float *q, int nseq, int q_heads, int kv_heads, int per_qhead,
                            const void *pmin, const void *pmax, int64_t lp, int64_t nvalid, int d,
                            float *s);
-  /* Per list l < nlists: the k best of s[l][0 .. nvalid) (larger score first; ties: lower page
-   * index), written in that order as decode entries own_row[l*k + i] = 16 * page, own_len = 16,
-   * and cand[l*k + i] = the score; slots i >= min(k, nvalid) get len 0 and score -INFINITY.
-   * own_row, own_len, cand: backend memory. */
+  /* Per list l < nlists: the k best of s[l][0 .. nvalid) (larger score; ties: the lower page
+   * index), written in ascending page order as decode entries own_row[l*k + i] = 16 * page,
+   * own_len = 16, and cand[l*k + i] = the score; slots i >= min(k, nvalid) get len 0 and score
+   * -INFINITY. own_row, own_len, cand: backend memory. */
   sr_status (*page_topk)(const float *s, int64_t nlists, int64_t lp, int64_t nvalid, int k,
                          int32_t *own_row, int32_t *own_len, float *cand);
   /* SnapKV-family estimate (same L as est_scores): colmax_host[j] = max(colmax_host[j],

@@ -16,7 +16,7 @@
  *     d 64 and 128, an empty list, K/V rows outside every list NaN, a 2000-entry list (split-KV
  *     merge) against float64 softmax attention over exactly the union of rows;
  *  6. page_minmax / page_scores / page_topk: exact min/max, float64 page scores (group sum and
- *     per q-head), ranked top-k with ties and padding; entries outside the written range poisoned
+ *     per q-head), top-k with ties (ascending page order) and padding; entries outside the written range poisoned
  *     and checked untouched;
  *  7. est_colmax: expf(L - gmax) * inv, bf16 round-to-nearest-even (planted exact halfway
  *     cases), skipped rows / entries, max with the initial values;
@@ -917,6 +917,14 @@ static void test_page_topk(void **st) {
       for (int64_t l = 0; l < nl; l++) {
         for (int64_t p = 0; p < nvalid; p++) ref[p] = (fcand){sc[l * lp + p], (int32_t)p};
         qsort(ref, (size_t)nvalid, sizeof *ref, fcand_cmp);
+        /* the chosen k (ranked), then in ascending page order as the op writes them */
+        const int64_t kk = k < nvalid ? k : nvalid;
+        for (int64_t a = 1; a < kk; a++) {
+          const fcand v = ref[a];
+          int64_t z = a - 1;
+          for (; z >= 0 && ref[z].id > v.id; z--) ref[z + 1] = ref[z];
+          ref[z + 1] = v;
+        }
         for (int64_t i = 0; i < k; i++) {
           const size_t o = (size_t)(l * k + i);
           if (i < nvalid) {

@@ -16,7 +16,7 @@
  * 4096 entries per list, an empty list, all lists empty, and splits long enough that a warp
  * streams ~100 entries (rows repeat there); an unknown SR_DECODE_KERNEL is a config error.
  * page_minmax exact (bits) against the CPU; page_scores within 1e-4 of the sum of |terms|,
- * bit-identical on repeat and whatever nvalid and lp are; page_topk equal to the CPU ranking
+ * bit-identical on repeat and whatever nvalid and lp are; page_topk equal to the CPU (the k best, ascending page order)
  * (distinct scores and planted ties, k > nvalid, k past 48 KiB of shared memory); est_colmax bit
  * for bit against the CPU (and glibc's expf on 4M arguments); upload / download round trips.
  * Every output is poisoned (NaN / 0x7f bytes) before the op. Last, the time of decode_fwd at

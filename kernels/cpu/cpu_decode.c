@@ -254,18 +254,6 @@ static void sift_down(const float *x, int64_t *h, int64_t p, int64_t len) {
   }
 }
 
-/* Insertion sort by rank (k is small next to nvalid; the heap did the selection). */
-static void sort_ranked(const float *x, int64_t *h, int64_t k) {
-  for (int64_t i = 1; i < k; i++) {
-    int64_t v = h[i], j = i - 1;
-    while (j >= 0 && ranks_before(x, v, h[j])) {
-      h[j + 1] = h[j];
-      j--;
-    }
-    h[j + 1] = v;
-  }
-}
-
 sr_status sr__cpu_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t nvalid, int k,
                                int32_t *own_row, int32_t *own_len, float *cand) {
   if (nlists < 0 || lp < 0 || nvalid < 0 || nvalid > lp || k < 0 || 16 * lp > INT32_MAX)
@@ -291,8 +279,13 @@ sr_status sr__cpu_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t 
           h[0] = i;
           sift_down(x, h, 0, kk);
         }
-      /* heap order -> ranked order */
-      sort_ranked(x, h, kk);
+      /* the chosen pages in ascending order (the order the kernels read them) */
+      for (int64_t i = 1; i < kk; i++) {
+        const int64_t v = h[i];
+        int64_t j = i - 1;
+        for (; j >= 0 && h[j] > v; j--) h[j + 1] = h[j];
+        h[j + 1] = v;
+      }
       for (int64_t i = 0; i < k; i++) {
         const size_t o = (size_t)l * k + (size_t)i;
         if (i < kk) {

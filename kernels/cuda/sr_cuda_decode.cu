@@ -937,11 +937,10 @@ sr_status sr__cuda_page_scores(const float *q, int nseq, int q_heads, int kv_hea
 /*
  * One CTA per list. Scores become order-preserving uint32 keys (larger float -> larger key; -0
  * as +0; NaN -> 0, below everything). Radix select (4 passes of 8 bits, warp-aggregated shared
- * histogram) finds the key T of the kk-th best and how many of the T-valued ones are needed;
- * an ordered pass (CTA prefix scans, ascending index) collects every key > T and the lowest-
- * index keys == T into shared memory as 64-bit composites (~key << 32 | index), a bitonic sort
- * puts them in ranked order (score desc, index asc: composites ascending), and the CTA writes
- * the kk winners and the padding slots.
+ * histogram) finds the key T of the kk-th best and how many of the T-valued ones are needed.
+ * The collection gives each thread a contiguous stretch of pages (thread order = page order):
+ * it counts its keys == T and > T, two CTA scans give each stretch its tie quota and its output
+ * offset, and the winners are written in ascending page order (the contract: no sort).
  */
 #define TP_THREADS 1024
 
@@ -952,29 +951,39 @@ static __device__ __forceinline__ uint32_t tp_key(float v) {
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* Exclusive prefix of a 0/1 flag over the CTA (thread order) and the total. */
-static __device__ __forceinline__ int tp_scan01(int f, int *total, int *warp_tot) {
+/* Exclusive prefix sum of v over the CTA (thread order) and the total. */
+static __device__ __forceinline__ int tp_scan(int v, int *total, int *warp_tot) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const unsigned ball = __ballot_sync(FULL, f);
-  if (lane == 0) warp_tot[w] = __popc(ball);
+  int inc = v;
+  for (int o = 1; o < 32; o <<= 1) {
+    const int t = __shfl_up_sync(FULL, inc, o);
+    if (lane >= o) inc += t;
+  }
+  if (lane == 31) warp_tot[w] = inc;
   __syncthreads();
-  int off = 0, tot = 0;
-  for (int i = 0; i < TP_THREADS / 32; i++) {
-    off += i < w ? warp_tot[i] : 0;
-    tot += warp_tot[i];
+  if (w == 0) {
+    int x = lane < TP_THREADS / 32 ? warp_tot[lane] : 0, xi = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int t = __shfl_up_sync(FULL, xi, o);
+      if (lane >= o) xi += t;
+    }
+    if (lane < TP_THREADS / 32) warp_tot[lane] = xi - x; /* exclusive warp offsets */
+    if (lane == 31) warp_tot[TP_THREADS / 32] = xi;       /* the total */
   }
   __syncthreads();
-  *total = tot;
-  return off + __popc(ball & ((1u << lane) - 1u));
+  const int off = warp_tot[w] + inc - v;
+  *total = warp_tot[TP_THREADS / 32];
+  __syncthreads();
+  return off;
 }
 
 static __global__ void __launch_bounds__(TP_THREADS)
-    k_page_topk(const float *s, int64_t lp, int64_t nvalid, int k, int kk, int sortn,
-                int32_t *own_row, int32_t *own_len, float *cand) {
-  extern __shared__ unsigned long long sk[]; /* sortn composites */
+    k_page_topk(const float *s, int64_t lp, int64_t nvalid, int k, int kk, int32_t *own_row,
+                int32_t *own_len, float *cand) {
+  extern __shared__ uint32_t win[]; /* kk winners, ascending page */
   __shared__ unsigned hist[256];
   __shared__ uint32_t sh_prefix;
-  __shared__ int sh_need, warp_tot[TP_THREADS / 32];
+  __shared__ int sh_need, warp_tot[TP_THREADS / 32 + 1];
   const int tid = threadIdx.x, lane = tid & 31;
   const int64_t l = blockIdx.x;
   const float *x = s + (size_t)l * (size_t)lp;
@@ -1008,41 +1017,30 @@ static __global__ void __launch_bounds__(TP_THREADS)
       mask |= 255u << shift;
       __syncthreads();
     }
-    /* prefix = T; every key > T and the `need` lowest-index keys == T. */
-    int out = 0, eq_seen = 0;
-    for (int64_t base = 0; base < nvalid; base += TP_THREADS) {
-      const int64_t j = base + tid;
-      const uint32_t u = j < nvalid ? tp_key(x[j]) : 0u;
-      const int eq = j < nvalid && u == prefix, gt = j < nvalid && u > prefix;
-      int eq_tot, take_tot;
-      const int eq_before = tp_scan01(eq, &eq_tot, warp_tot);
-      const int take = gt || (eq && eq_seen + eq_before < need);
-      const int pos = tp_scan01(take, &take_tot, warp_tot);
-      if (take) sk[out + pos] = ((unsigned long long)(~u) << 32) | (unsigned long long)(uint32_t)j;
-      out += take_tot;
-      eq_seen += eq_tot;
+    /* prefix = T: every key > T and the `need` lowest-index keys == T win. */
+    const int64_t per = (nvalid + TP_THREADS - 1) / TP_THREADS;
+    const int64_t j0 = (int64_t)tid * per < nvalid ? (int64_t)tid * per : nvalid;
+    const int64_t j1 = j0 + per < nvalid ? j0 + per : nvalid;
+    int n_eq = 0, n_gt = 0, tot;
+    for (int64_t j = j0; j < j1; j++) {
+      const uint32_t u = tp_key(x[j]);
+      n_eq += u == prefix;
+      n_gt += u > prefix;
     }
-    for (int i = kk + tid; i < sortn; i += TP_THREADS) sk[i] = ~0ull;
+    const int eq_before = tp_scan(n_eq, &tot, warp_tot);
+    int q = need - eq_before; /* ties this stretch may take */
+    q = q < 0 ? 0 : q > n_eq ? n_eq : q;
+    int pos = tp_scan(n_gt + q, &tot, warp_tot);
+    for (int64_t j = j0; j < j1; j++) {
+      const uint32_t u = tp_key(x[j]);
+      if (u > prefix || (u == prefix && q-- > 0)) win[pos++] = (uint32_t)j;
+    }
     __syncthreads();
-    /* bitonic sort, ascending */
-    for (int size = 2; size <= sortn; size <<= 1)
-      for (int stride = size >> 1; stride > 0; stride >>= 1) {
-        for (int t = tid; t < sortn / 2; t += TP_THREADS) {
-          const int i = 2 * t - (t & (stride - 1)), jx = i + stride;
-          const bool asc = (i & size) == 0;
-          const unsigned long long va = sk[i], vb = sk[jx];
-          if ((va > vb) == asc) {
-            sk[i] = vb;
-            sk[jx] = va;
-          }
-        }
-        __syncthreads();
-      }
   }
   for (int i = tid; i < k; i += TP_THREADS) {
     const size_t o = (size_t)l * (size_t)k + (size_t)i;
     if (i < kk) {
-      const uint32_t j = (uint32_t)(sk[i] & 0xffffffffull);
+      const uint32_t j = win[i];
       own_row[o] = (int32_t)(16 * j);
       own_len[o] = 16;
       cand[o] = x[j];
@@ -1065,17 +1063,13 @@ sr_status sr__cuda_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t
   if (!own_row || !own_len || !cand || (nvalid > 0 && !s))
     return sr__seterr(SR_ERR_INTERNAL, "page_topk: NULL buffer");
   const int kk = (int64_t)k < nvalid ? k : (int)nvalid;
-  int sortn = 0;
-  if (kk > 0)
-    for (sortn = 1; sortn < kk; sortn <<= 1) {
-    }
-  const size_t smem = (size_t)sortn * sizeof(unsigned long long);
+  const size_t smem = (size_t)(kk > 0 ? kk : 1) * sizeof(uint32_t);
   static size_t smem_set = 48 * 1024;
   if (smem > smem_set) {
     int optin = 0;
     SR_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
                                    sr__cuda_device()));
-    const size_t stat = 256 * 4 + 16 + (TP_THREADS / 32) * 4; /* the static arrays */
+    const size_t stat = 256 * 4 + 16 + (TP_THREADS / 32 + 1) * 4; /* the static arrays */
     if (smem + stat > (size_t)optin)
       return sr__seterr(SR_ERR_SHAPE, "page_topk: k = %d is too large for one CTA's shared "
                         "memory (%d bytes)", kk, optin);
@@ -1084,7 +1078,7 @@ sr_status sr__cuda_page_topk(const float *s, int64_t nlists, int64_t lp, int64_t
     smem_set = smem;
   }
   k_page_topk<<<(unsigned)nlists, TP_THREADS, smem, sr__cuda_compute_stream()>>>(
-      s, lp, nvalid, k, kk, sortn, own_row, own_len, cand);
+      s, lp, nvalid, k, kk, own_row, own_len, cand);
   SR_CUDA_LAUNCHED("page_topk");
   return SR_OK;
 }
