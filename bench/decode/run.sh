@@ -77,7 +77,7 @@ else
   : >"$work/device.txt"
 fi
 lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1 >>"$work/device.txt" || true
-version=$("$bin" --version 2>&1 | head -1)
+version=$("$bin" --version 2>/dev/null | grep -m1 sparsering || true)
 echo "# $version ($bin); backend $backend; work dir $work"
 printf '%s\n' "$version" >"$work/version.txt"
 : >"$work/runs.tsv"
