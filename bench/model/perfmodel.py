@@ -767,8 +767,17 @@ def main():
         "notes": NOTES, "prefill": grid, "decode": dgrid, "check": chk, "payoff": pay,
         "plots": [os.path.relpath(f, ROOT) for f in files],
     }
-    with open(args.json, "w") as f:
-        json.dump(out, f, indent=1, default=str)
+    with open(args.json, "w") as f:  # one grid row per line
+        f.write("{\n")
+        for i, (k, v) in enumerate(out.items()):
+            sep = "," if i < len(out) - 1 else ""
+            if isinstance(v, list) and v and isinstance(v[0], (dict, list)):
+                f.write(" %s: [\n" % json.dumps(k))
+                f.write(",\n".join("  " + json.dumps(r, default=str) for r in v))
+                f.write("\n ]%s\n" % sep)
+            else:
+                f.write(" %s: %s%s\n" % (json.dumps(k), json.dumps(v, indent=1, default=str).replace("\n", "\n "), sep))
+        f.write("}\n")
     print("# wrote %s (%d prefill, %d decode, %d check rows)" % (os.path.relpath(args.json, ROOT), len(grid),
                                                                  len(dgrid), len(chk)))
 
