@@ -192,6 +192,16 @@ static cJSON *layer_json(const sr_layer_result *r, int l) {
   cJSON_AddNumberToObject(o, "layer", l);
   cJSON *t = cJSON_AddObjectToObject(o, "time_s");
   for (int i = 0; i < SR_PH_COUNT; i++) cJSON_AddNumberToObject(t, sr_phase_names[i], r->t[i]);
+  /* The spread over ranks (load imbalance). Output writing is timed after the reduction: no
+   * write here, and total is the layer's time before its output. Clamped to the max, so that
+   * zeroed times (SR_TEST_FIXED_TIMES, resumed layers) stay zero. */
+  cJSON *tmn = cJSON_AddObjectToObject(o, "time_s_min");
+  cJSON *tav = cJSON_AddObjectToObject(o, "time_s_avg");
+  for (int i = 0; i < SR_PH_COUNT; i++) {
+    if (i == SR_PH_WRITE) continue;
+    cJSON_AddNumberToObject(tmn, sr_phase_names[i], r->t_min[i] < r->t[i] ? r->t_min[i] : r->t[i]);
+    cJSON_AddNumberToObject(tav, sr_phase_names[i], r->t_avg[i] < r->t[i] ? r->t_avg[i] : r->t[i]);
+  }
   cJSON_AddNumberToObject(o, "bytes_moved", (double)r->bytes_sent);
   cJSON_AddNumberToObject(o, "bytes_dense_ring", (double)r->bytes_dense_ring);
   cJSON_AddNumberToObject(o, "bytes_recv_max_rank", (double)r->bytes_recv_max);

@@ -475,12 +475,30 @@ static int decode_needles(void *ctx, int layer, int b, int kv_head, sr_needle *o
   return sr_synth_needles(&x->cfg_b, layer, kv_head, out, max);
 }
 
-/* Times: max over ranks (onto rank 0); the counters are already global. */
+/* The per-rank spread of a layer's times onto rank 0: t_min (min over ranks) and t_avg (mean
+ * over ranks), next to t (the max, reduced by the callers). */
+static sr_status reduce_spread(const sr_world *w, sr_layer_result *r) {
+  double mn[SR_PH_COUNT], sm[SR_PH_COUNT];
+  SR_MPI(MPI_Reduce(r->t, mn, SR_PH_COUNT, MPI_DOUBLE, MPI_MIN, 0, w->comm));
+  SR_MPI(MPI_Reduce(r->t, sm, SR_PH_COUNT, MPI_DOUBLE, MPI_SUM, 0, w->comm));
+  if (w->rank == 0) {
+    int n = 0;
+    SR_MPI(MPI_Comm_size(w->comm, &n));
+    for (int i = 0; i < SR_PH_COUNT; i++) {
+      r->t_min[i] = mn[i];
+      r->t_avg[i] = n > 0 ? sm[i] / n : 0;
+    }
+  }
+  return SR_OK;
+}
+
+/* Times: max over ranks (onto rank 0), with min and mean; the counters are already global. */
 static sr_status reduce_decode(const sr_world *w, sr_layer_result *r) {
   double v[SR_PH_COUNT + 2], m[SR_PH_COUNT + 2];
   memcpy(v, r->t, sizeof r->t);
   v[SR_PH_COUNT] = r->prefill_s;
   v[SR_PH_COUNT + 1] = r->step_s;
+  SR_TRY(reduce_spread(w, r));
   SR_MPI(MPI_Reduce(v, m, SR_PH_COUNT + 2, MPI_DOUBLE, MPI_MAX, 0, w->comm));
   uint64_t bs = 0;
   SR_MPI(MPI_Reduce(&r->bytes_sent, &bs, 1, MPI_UINT64_T, MPI_SUM, 0, w->comm));
@@ -548,9 +566,11 @@ static sr_status write_decode_data(const sr_config *fcfg, const sr_world *w, con
   return SR_OK;
 }
 
-/* Reduces a layer's rank-local values onto rank 0 (max of times, sums of counters). */
+/* Reduces a layer's rank-local values onto rank 0 (max of times, with min and mean over ranks;
+ * sums of counters). */
 static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
   double tmax[SR_PH_COUNT];
+  SR_TRY(reduce_spread(w, r));
   SR_MPI(MPI_Reduce(r->t, tmax, SR_PH_COUNT, MPI_DOUBLE, MPI_MAX, 0, w->comm));
   uint64_t sums[7] = {r->bytes_sent,     r->bytes_dense_ring, r->blocks_fetched,
                       r->pairs_computed, r->nnz_blocks,       r->nnz_columns,

@@ -21,6 +21,8 @@ extern const char *const sr_phase_names[SR_PH_COUNT];
 
 typedef struct sr_layer_result {
   double t[SR_PH_COUNT];        /* seconds, max over ranks                                   */
+  double t_min[SR_PH_COUNT];    /* seconds, min over ranks (0 for write; total before output) */
+  double t_avg[SR_PH_COUNT];    /* seconds, mean over ranks (likewise; 0 in a resumed layer)  */
   uint64_t bytes_sent;          /* summed over ranks                                         */
   uint64_t bytes_recv_max;      /* the busiest rank                                          */
   uint64_t bytes_dense_ring;    /* what dense_ring moves for the same layer, summed          */
