@@ -51,8 +51,8 @@ ip netns add "$nsA" 2>err.txt || skip "ip netns add fails: $(head -1 err.txt)"
 ip netns add "$nsB" || fail "ip netns add $nsB"
 ip link add "$vA" netns "$nsA" type veth peer name "$vB" netns "$nsB" 2>err.txt ||
   skip "no veth pair: $(head -1 err.txt)"
-for n in A B; do
-  eval "ns=\$ns$n v=\$v$n ip=\$ip$n"
+for node in "$nsA $vA $ipA" "$nsB $vB $ipB"; do
+  read -r ns v ip <<<"$node"
   ip -n "$ns" link set lo up && ip -n "$ns" addr add "$ip/24" dev "$v" && ip -n "$ns" link set "$v" up ||
     fail "cannot configure $v in $ns"
   # ip netns exec binds /etc/netns/<ns>/hosts over /etc/hosts: the node names resolve inside.
@@ -75,13 +75,13 @@ vbytes() {
 }
 
 # The single-node reference: 4 ranks here, in the root namespace.
-timeout -k 5 120 "$MPIEXEC" -np 4 "$SR_BIN" "${ARGS[@]}" -o "$PWD/one.h5" >one.txt 2>err.txt ||
+timeout -k 5 60 "$MPIEXEC" -np 4 "$SR_BIN" "${ARGS[@]}" -o "$PWD/one.h5" >one.txt 2>err.txt ||
   fail "single-node run failed (exit $?)"
 ok "single-node reference: 4 ranks on $(hostname)"
 
 before=$(vbytes)
 ip netns exec "$nsA" unshare --uts sh -c 'hostname "$1" && shift && exec "$@"' sh "$hostA" \
-  timeout -k 5 180 "$MPIEXEC" -np 4 --host "$hostA:2,$hostB:2" \
+  timeout -k 5 120 "$MPIEXEC" -np 4 --host "$hostA:2,$hostB:2" \
   --mca plm rsh --mca plm_rsh_agent "$here/twonode_rsh.sh" \
   --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include "$net" --mca oob_tcp_if_include "$net" \
   -x OMP_NUM_THREADS -x SR_TWONODE_MAP \

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # twonode_slurm.sh — the fault tests' single-node Slurm (tests/fault_slurm.sh) grown to two
 # slurmd nodes on this machine, and `sbatch -N 2 -n 4` of jobs/sparsering.sbatch across them.
-# Debian's slurm-wlm is built without --enable-multiple-slurmd: one slurmctld refuses two
-# NodeNames on one host ("Duplicated NodeHostName"), so each node is a host of its own: a
-# network namespace (veth pair, 10.214.<n>.1 and .2) with its own hostname (UTS namespace) and
-# /etc/hosts (bound in a mount namespace). Node A also runs slurmctld
-# (the head node); munged runs here, its socket a file both namespaces reach. The job's mpirun
+# Debian 12's slurmd (22.05.8) does run twice on one host (`slurmd -N n1`, `slurmd -N n2`, one
+# Port each): both register and `srun -N 2` works, but both nodes are then the same host to
+# Open MPI (one hostname, one network), which proves little about a job across nodes. So each
+# node here is a host of its own: a network namespace (veth pair, 10.214.<n>.1 and .2) with its
+# own hostname (UTS namespace) and /etc/hosts (bound in a mount namespace). Node A also runs
+# slurmctld (the head node); munged runs here, its socket a file both namespaces reach. The job's mpirun
 # (the default launcher) starts orted on node B through srun, as on a real cluster; Open MPI
 # is held to TCP on the veth subnet (OMPI_MCA_* in the job's environment). Checks: both nodes
 # idle, the job completes with 2 ranks on each node (Slurm's NodeList, the log's header and
@@ -61,8 +62,8 @@ ip netns add "$nsA" 2>err.txt || skip "ip netns add fails: $(head -1 err.txt)"
 ip netns add "$nsB" || fail "ip netns add $nsB"
 ip link add "$vA" netns "$nsA" type veth peer name "$vB" netns "$nsB" 2>err.txt ||
   skip "no veth pair: $(head -1 err.txt)"
-for n in A B; do
-  eval "ns=\$ns$n v=\$v$n ip=\$ip$n"
+for node in "$nsA $vA $ipA" "$nsB $vB $ipB"; do
+  read -r ns v ip <<<"$node"
   ip -n "$ns" link set lo up && ip -n "$ns" addr add "$ip/24" dev "$v" && ip -n "$ns" link set "$v" up ||
     fail "cannot configure $v in $ns"
 done
@@ -70,13 +71,18 @@ printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$ipA" "$hostA" "$ipB" "$hostB" >ho
 # on A|B COMMAND...: COMMAND on that node: its network namespace, hostname (UTS namespace) and
 # /etc/hosts (bound in a mount namespace of its own). nsenter rather than `ip netns exec`: that
 # remounts /sys, which hides /sys/fs/cgroup, and slurmd then stops ("Unable to initialize
-# cgroup plugin") even with proctrack/linuxproc.
+# cgroup plugin") even with proctrack/linuxproc. Each node also has a TmpFS of its own
+# ($S/tmp, Slurm's TmpFS, bound to $S/tmp-<host>): Slurm's pmix plugin makes
+# <TmpFS>/spmix_appdir_<uid>_<job>.<step> on every node of a step, and with one shared /tmp
+# node B's slurmstepd fails ("Cannot create directory ... File exists").
 on() {
   local ns host
   eval "ns=\$ns$1 host=\$host$1"
   shift
+  mkdir -p "$S/tmp" "$S/tmp-$host"
   nsenter --net="/run/netns/$ns" unshare --uts --mount --propagation private \
-    sh -c 'mount --bind "$1" /etc/hosts && hostname "$2" && shift 2 && exec "$@"' sh "$here/hosts" "$host" "$@"
+    sh -c 'mount --bind "$1" /etc/hosts && mount --bind "$2" "$3" && hostname "$4" && shift 4 && exec "$@"' \
+    sh "$here/hosts" "$S/tmp-$host" "$S/tmp" "$host" "$@"
 }
 on A true 2>err.txt || skip "no UTS / mount namespace for a node: $(head -1 err.txt)"
 ok "hosts $hostA ($nsA, $ipA) and $hostB ($nsB, $ipB) on $net"
@@ -111,6 +117,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$S/jobcomp.txt
 ReturnToService=2
 StateSaveLocation=$S/state
+TmpFS=$S/tmp
 SlurmdSpoolDir=$S/spool-%n
 SlurmctldPidFile=$S/slurmctld.pid
 SlurmdPidFile=$S/slurmd-%n.pid
@@ -119,17 +126,17 @@ SlurmdLogFile=$S/slurmd-%n.log
 EOC
 export SLURM_CONF=$S/slurm.conf
 on A slurmctld -i || fail "slurmctld does not start on $hostA ($(tail -2 "$S/slurmctld.log"))"
-for i in $(seq 50); do [ -s "$S/slurmctld.pid" ] && break; sleep 0.1; done
+for _ in $(seq 50); do [ -s "$S/slurmctld.pid" ] && break; sleep 0.1; done
 pids+=("$(cat "$S/slurmctld.pid")")
 for n in A B; do
   eval "h=\$host$n"
   on $n slurmd -N "$h" || fail "slurmd does not start on $h ($(tail -2 "$S/slurmd-$h.log"))"
-  for i in $(seq 50); do [ -s "$S/slurmd-$h.pid" ] && break; sleep 0.1; done
+  for _ in $(seq 50); do [ -s "$S/slurmd-$h.pid" ] && break; sleep 0.1; done
   pids+=("$(cat "$S/slurmd-$h.pid")")
 done
 # The clients talk to slurmctld on node A.
 inA() { nsenter --net="/run/netns/$nsA" "$@"; }
-for i in $(seq 100); do
+for _ in $(seq 100); do
   [ "$(inA sinfo -h -N -o '%N %t' 2>/dev/null | grep -c ' idle$')" -eq 2 ] && break
   sleep 0.2
 done
@@ -141,7 +148,7 @@ ok "two slurmd nodes idle under one slurmctld"
 ARGS=(--set seq_len=8192 --set model.layers=1 --set verify.rows=8 --set threads=1)
 export OMP_NUM_THREADS=1
 # The single-node reference: 4 ranks here, in the root namespace.
-timeout -k 5 120 "$MPIEXEC" -np 4 "$SR_BIN" "${ARGS[@]}" -o "$here/one.h5" >one.txt 2>err.txt ||
+timeout -k 5 60 "$MPIEXEC" -np 4 "$SR_BIN" "${ARGS[@]}" -o "$here/one.h5" >one.txt 2>err.txt ||
   fail "single-node run failed (exit $?)"
 
 # The Open MPI settings go through the environment (--export=ALL): a comma in a value such as
@@ -160,7 +167,7 @@ jid=$(inA env OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include
   fail "sbatch -N 2 failed: $(cat err.txt)"
 echo "# job $jid submitted: sbatch -N 2 -n 4 jobs/sparsering.sbatch"
 state() { inA scontrol show job "$jid" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
-for i in $(seq 600); do
+for _ in $(seq 480); do
   case $(state) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) break ;; esac
   sleep 0.25
 done
@@ -183,4 +190,30 @@ moved=$(awk '/^# bytes moved:/ { print $4 * 1e9; exit }' "$log")
 echo "  $through bytes through $vB (node B's veth: Slurm, orted and MPI); the ring moved ${moved%.*} bytes in all"
 [ "$through" -gt $((${moved%.*} / 8)) ] || fail "too little traffic on the veth: $through bytes"
 ok "the job's MPI traffic went between the nodes over the veth"
+
+# The same with SPARSERING_LAUNCHER=srun (srun --mpi=pmix: Slurm starts the ranks on both nodes).
+if ! inA srun --mpi=list 2>&1 | grep -q pmix; then
+  echo "skip (srun part): srun has no pmix plugin (srun --mpi=list)"
+  echo PASS
+  exit 0
+fi
+jid=$(inA env OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include="$net" \
+  OMPI_MCA_oob_tcp_if_include="$net" sbatch --parsable -N 2 -n 4 "${over[@]}" \
+  --export=ALL,SPARSERING="$SR_BIN",SPARSERING_LAUNCHER=srun \
+  "$repo/jobs/sparsering.sbatch" "${ARGS[@]}" -o "$here/srun.h5" 2>err.txt) ||
+  fail "sbatch -N 2 (srun) failed: $(cat err.txt)"
+for _ in $(seq 240); do
+  case $(state) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) break ;; esac
+  sleep 0.25
+done
+log=$here/sparsering-$jid.out
+[ "$(state)" = COMPLETED ] ||
+  fail "srun job $jid $(state): $(tail -8 "$log" 2>/dev/null); slurmd: $(tail -n 2 "$S/slurmd-$hostB.log")"
+grep -h '^# launcher' "$log" | sed 's/^/  /'
+grep -q "^# launcher: srun: srun --mpi=pmix .*--ntasks-per-node=2" "$log" || fail "no srun launcher line"
+for h in "$hostA" "$hostB"; do
+  [ "$(grep -c "^#   rank [0-3]: host $h," "$log")" -eq 2 ] || fail "srun: not 2 ranks on $h"
+done
+"$SR_H5CMP" one.h5 srun.h5 1 1e-6 >cmp.txt 2>&1 || fail "srun on two nodes vs one: $(cat cmp.txt)"
+ok "job $jid: srun --mpi=pmix, 2 ranks on each node, same result as the single-node run"
 echo PASS
