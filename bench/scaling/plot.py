@@ -27,6 +27,16 @@ COLORS = {"generate": "#bbbbbb", "summarise": "#8dd3c7", "select": "#80b1d3", "e
           "compute": "#fdb462", "download": "#b3de69", "verify": "#d9d9d9"}
 
 
+MSERIES = []  # (method, sparsity) in a fixed order: one colour each, the same in every plot
+
+
+def color(pt):
+    k = (pt["method"], pt["sparsity"])
+    if k not in MSERIES:
+        MSERIES.append(k)
+    return "C%d" % (MSERIES.index(k) % 10)
+
+
 def label(pt, with_exchange=True):
     m = pt["method"] if pt["method"] == "dense" else "%s %.2g" % (pt["method"], pt["sparsity"])
     return "%s, %s" % (m, pt["exchange"]) if with_exchange else m
@@ -51,7 +61,7 @@ def time_panel(ax, pts_by_series, title):
         y = [p["attention_s"]["median"] for p in pts]
         err = [[p["attention_s"]["median"] - p["attention_s"]["min"] for p in pts],
                [p["attention_s"]["max"] - p["attention_s"]["median"] for p in pts]]
-        c = "C%d" % (i // 2 if len(pts_by_series) > 1 else 0)
+        c = color(pts[0])
         ax.errorbar(x, y, yerr=err, fmt="o" + style(pts[0]), color=c, capsize=3, ms=4,
                     label=label(pts[0]))
         ideal = [p["ideal_attention_s"] for p in pts]
@@ -106,7 +116,7 @@ def efficiency_plot(points, meta, path):
         sizes = sorted({k[3] for k in keys})
         for i, k in enumerate(keys):
             v = s[k]
-            c = "C%d" % ([kk[:2] for kk in keys].index(k[:2]) % 10)
+            c = color(v[0])
             mk = "osD^v"[sizes.index(k[3]) % 5]
             ax.plot([p["ranks"] for p in v], [p["efficiency"] or 0 for p in v], mk + style(v[0]),
                     color=c, ms=4, label="%s, %s" % (label(v[0]), ("N=%d" if kind == "strong"
@@ -140,7 +150,7 @@ def bytes_plot(points, meta, path):
     keys = sorted(s)
     for k in keys:
         v = s[k]
-        c = "C%d" % ([kk[:2] for kk in keys].index(k[:2]) % 10)
+        c = color(v[0])
         ax.plot([p["ranks"] for p in v], [p["bytes_moved"] / 2**20 for p in v], "o" + style(v[0]),
                 color=c, ms=4, label=label(v[0]))
     ax.set_xscale("log", base=2)
@@ -164,31 +174,34 @@ def phases_plot(points, meta, path):
     pts = [p for p in points if p["scaling"] == "strong"] or points
     nmax = max(p["seq_len"] for p in pts)
     pts = [p for p in pts if p["seq_len"] == nmax]
-    pts.sort(key=lambda p: (p["method"], p["sparsity"], p["exchange"], p["ranks"]))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * len(pts) + 2), 4.8))
-    xs = range(len(pts))
-    bottom = [0.0] * len(pts)
-    for ph in STACK:
-        avg = [p["phases"][ph]["avg"] for p in pts]
-        if not any(avg):
-            continue
-        ax.bar(xs, avg, 0.75, bottom=bottom, color=COLORS[ph], label=ph, edgecolor="white", lw=0.3)
-        top = [b + a for b, a in zip(bottom, avg)]
-        lo = [max(0.0, a - p["phases"][ph]["min"]) for a, p in zip(avg, pts)]
-        hi = [max(0.0, p["phases"][ph]["max"] - a) for a, p in zip(avg, pts)]
-        if any(h > 0 for h in hi):
-            ax.errorbar(xs, top, yerr=[lo, hi], fmt="none", ecolor="k", elinewidth=0.7, capsize=2)
-        bottom = top
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(["%s\n%s np%d" % (label(p, False).replace("vertical_slash", "VS")
-                                         .replace("block_sparse", "BS"),
-                                         "sel" if p["exchange"] == "selected" else "ring",
-                                         p["ranks"]) for p in pts], fontsize=6)
-    ax.set_ylabel("seconds (mean over ranks; whiskers: min..max over ranks)")
-    ax.set_title("phases per layer, strong scaling, N = %d\n(exchange and compute overlap: "
-                 "their sum can exceed the attention time)" % nmax, fontsize=8)
-    ax.legend(fontsize=7, ncol=4)
-    ax.grid(True, axis="y", alpha=0.3)
+    groups = series(pts, lambda p: (p["method"], p["sparsity"]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups) + 1, 4.6), squeeze=False)
+    for ax, (_, grp) in zip(axes[0], sorted(groups.items())):
+        grp.sort(key=lambda p: (p["exchange"] != "selected", p["ranks"]))
+        xs = range(len(grp))
+        bottom = [0.0] * len(grp)
+        for ph in STACK:
+            avg = [p["phases"][ph]["avg"] for p in grp]
+            if not any(avg):
+                continue
+            ax.bar(xs, avg, 0.75, bottom=bottom, color=COLORS[ph], label=ph, edgecolor="white",
+                   lw=0.3)
+            top = [b + a for b, a in zip(bottom, avg)]
+            lo = [max(0.0, a - p["phases"][ph]["min"]) for a, p in zip(avg, grp)]
+            hi = [max(0.0, p["phases"][ph]["max"] - a) for a, p in zip(avg, grp)]
+            if any(h > 0 for h in hi):
+                ax.errorbar(xs, top, yerr=[lo, hi], fmt="none", ecolor="k", elinewidth=0.7,
+                            capsize=2)
+            bottom = top
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(["%s\nnp%d" % ("sel" if p["exchange"] == "selected" else "ring",
+                                          p["ranks"]) for p in grp], fontsize=7)
+        ax.set_title(label(grp[0], False), fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("seconds per layer (mean over ranks;\nwhiskers: min..max over ranks)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("phases, strong scaling, N = %d (exchange and compute overlap: their sum can "
+                 "exceed the attention time)" % nmax, fontsize=9)
     footer(fig, meta)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
@@ -204,6 +217,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     s = json.load(open(os.path.join(d, "sweep.json")))
     pts, meta = s["points"], s["meta"]
+    for pt in sorted(pts, key=lambda p: (p["method"], p["sparsity"])):
+        color(pt)
     made = []
     for kind in ("strong", "weak"):
         if scaling_plot(pts, meta, kind, os.path.join(out, kind + "_scaling.png")):
