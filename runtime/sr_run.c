@@ -634,16 +634,23 @@ static sr_status write_layer(const sr_config *fcfg, const sr_world *w, const sr_
   r->t[SR_PH_TOTAL] = twmax[1];
 
   /* Metrics as attributes of the layer group (rank 0's reduced values, on every rank). */
-  double saved[SR_PH_COUNT], saved_pf = r->prefill_s, saved_step = r->step_s;
+  double saved[SR_PH_COUNT], saved_min[SR_PH_COUNT], saved_avg[SR_PH_COUNT];
+  double saved_pf = r->prefill_s, saved_step = r->step_s;
   memcpy(saved, r->t, sizeof saved);
+  memcpy(saved_min, r->t_min, sizeof saved_min);
+  memcpy(saved_avg, r->t_avg, sizeof saved_avg);
   if (fixed_times()) {
     memset(r->t, 0, sizeof r->t);
+    memset(r->t_min, 0, sizeof r->t_min);
+    memset(r->t_avg, 0, sizeof r->t_avg);
     r->prefill_s = r->step_s = 0;
   }
   double attrs[4] = {r->sparsity_measured, r->sparsity_paper, (double)r->bytes_sent,
                      r->t[SR_PH_TOTAL]};
   char *js = w->rank == 0 ? sr_report_json_string(fcfg, res, l) : NULL;
   memcpy(r->t, saved, sizeof saved);
+  memcpy(r->t_min, saved_min, sizeof saved_min);
+  memcpy(r->t_avg, saved_avg, sizeof saved_avg);
   r->prefill_s = saved_pf;
   r->step_s = saved_step;
   int len = js ? (int)strlen(js) + 1 : 0;

@@ -1040,7 +1040,8 @@ sr_status sr_decode_layer(const sr_config *cfg, const sr_plan *p, const sr_backe
   /* ---- metrics ---- */
   r->t[SR_PH_SELECT] = sel_s;
   r->t[SR_PH_EXCHANGE] = merge_s;
-  r->t[SR_PH_COMPUTE] = steps_s - sel_s - merge_s;
+  /* the steps' time not spent selecting or merging (host timers: never below 0) */
+  r->t[SR_PH_COMPUTE] = steps_s - sel_s - merge_s > 0 ? steps_s - sel_s - merge_s : 0;
   r->t[SR_PH_ATTENTION] = steps_s;
   r->t[SR_PH_DOWNLOAD] = 0;
   r->decode = 1;
