@@ -287,35 +287,8 @@ static sr_status add_batch(const char *item, void *ctx) {
 }
 
 static sr_status write_json(const char *path, cJSON *root) {
-  char sp[200];
-  sr__short(sp, sizeof sp, path);
   char *s = cJSON_Print(root);
-  size_t n = strlen(path) + sizeof ".partial";
-  char *tmp = malloc(n);
-  if (!s || !tmp) {
-    free(s);
-    free(tmp);
-    return sr__seterr(SR_ERR_NOMEM, "out of memory writing the JSON report");
-  }
-  snprintf(tmp, n, "%s.partial", path);
-  sr_status st = SR_OK;
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    st = sr__seterr(SR_ERR_IO, "%s: cannot write the JSON report: %s", sp, strerror(errno));
-  } else {
-    int ok = fputs(s, f) >= 0 && fputc('\n', f) != EOF;
-    ok = fflush(f) == 0 && ok;
-    int e = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok)
-      st = sr__seterr(SR_ERR_IO, "%s: writing the JSON report failed: %s", sp,
-                      strerror(e ? e : errno));
-    else if (rename(tmp, path) != 0)
-      st = sr__seterr(SR_ERR_IO, "%s: cannot rename the JSON report into place: %s", sp,
-                      strerror(errno));
-    if (st != SR_OK) unlink(tmp);
-  }
-  free(tmp);
+  sr_status st = sr__write_text_atomic(path, s, "JSON report");
   free(s);
   return st;
 }

@@ -73,6 +73,11 @@ int sr__affinity_cpus(void);
 /* Fills n floats with a poison value (NaN) so that unwritten outputs are detectable. */
 void sr__poison_f32(float *x, size_t n);
 
+/* Writes text and a newline to "<path>.partial", then renames it to path: a failure (a full
+ * disk) leaves what was there, never half a file. what names the file in messages ("JSON
+ * report"). */
+sr_status sr__write_text_atomic(const char *path, const char *text, const char *what);
+
 /* strdup that returns NULL on NULL input. */
 char *sr__strdup(const char *s);
 

@@ -289,35 +289,8 @@ char *sr_report_json_string(const sr_config *cfg, const sr_run_result *res, int 
  * leaves the previous report, never half of one. sr_outputs_check has made sure that neither
  * name is another output of the run or an input. */
 sr_status sr_report_json(const sr_config *cfg, const sr_run_result *res, const char *path) {
-  char sp[200];
-  sr__short(sp, sizeof sp, path);
   char *s = sr_report_json_string(cfg, res, -1);
-  size_t n = strlen(path) + sizeof ".partial";
-  char *tmp = malloc(n);
-  if (!s || !tmp) {
-    free(s);
-    free(tmp);
-    return sr__seterr(SR_ERR_NOMEM, "out of memory writing the JSON report");
-  }
-  snprintf(tmp, n, "%s.partial", path);
-  sr_status st = SR_OK;
-  FILE *f = fopen(tmp, "w");
-  if (!f) {
-    st = sr__seterr(SR_ERR_IO, "%s: cannot write the JSON report: %s", sp, strerror(errno));
-  } else {
-    int ok = fputs(s, f) >= 0 && fputc('\n', f) != EOF;
-    ok = fflush(f) == 0 && ok;
-    int e = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok)
-      st = sr__seterr(SR_ERR_IO, "%s: writing the JSON report failed: %s", sp,
-                      strerror(e ? e : errno));
-    else if (rename(tmp, path) != 0)
-      st = sr__seterr(SR_ERR_IO, "%s: cannot rename the JSON report into place: %s", sp,
-                      strerror(errno));
-    if (st != SR_OK) unlink(tmp);
-  }
-  free(tmp);
+  sr_status st = sr__write_text_atomic(path, s, "JSON report");
   free(s);
   return st;
 }

@@ -4,12 +4,14 @@
 #define _POSIX_C_SOURCE 200809L
 #include "sr_internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char sr__errbuf[1024];
 
@@ -180,4 +182,35 @@ void sr__prof(const char *what, double t0) {
     on = e && *e && strcmp(e, "0") != 0;
   }
   if (on) fprintf(stderr, "# profile %s: %.4f s\n", what, sr__now() - t0);
+}
+
+sr_status sr__write_text_atomic(const char *path, const char *text, const char *what) {
+  char sp[200];
+  sr__short(sp, sizeof sp, path);
+  size_t n = strlen(path) + sizeof ".partial";
+  char *tmp = malloc(n);
+  if (!text || !tmp) {
+    free(tmp);
+    return sr__seterr(SR_ERR_NOMEM, "out of memory writing the %s", what);
+  }
+  snprintf(tmp, n, "%s.partial", path);
+  sr_status st = SR_OK;
+  FILE *f = fopen(tmp, "w");
+  if (!f) {
+    st = sr__seterr(SR_ERR_IO, "%s: cannot write the %s: %s", sp, what, strerror(errno));
+  } else {
+    int ok = fputs(text, f) >= 0 && fputc('\n', f) != EOF;
+    ok = fflush(f) == 0 && ok;
+    int e = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok)
+      st = sr__seterr(SR_ERR_IO, "%s: writing the %s failed: %s", sp, what,
+                      strerror(e ? e : errno));
+    else if (rename(tmp, path) != 0)
+      st = sr__seterr(SR_ERR_IO, "%s: cannot rename the %s into place: %s", sp, what,
+                      strerror(errno));
+    if (st != SR_OK) unlink(tmp);
+  }
+  free(tmp);
+  return st;
 }
