@@ -13,8 +13,10 @@ function(sr_twonode_test name script)
   file(MAKE_DIRECTORY ${dir})
   add_test(NAME ${name} COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/${script} ${ARGN}
            WORKING_DIRECTORY ${dir})
+  # Alone on the machine: their daemons and jobs must not compete with other tests (a loaded
+  # 2-core machine made Slurm requeue the two-node job).
   set_tests_properties(${name} PROPERTIES TIMEOUT 240 LABELS twonode SKIP_RETURN_CODE 77
-                       ENVIRONMENT "${SR_TWONODE_ENV}")
+                       ENVIRONMENT "${SR_TWONODE_ENV}" RUN_SERIAL TRUE)
 endfunction()
 
 sr_twonode_test(twonode_mpi twonode.sh)
