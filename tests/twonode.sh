@@ -47,14 +47,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
-ip netns add "$nsA" 2>err.txt || skip "ip netns add fails: $(head -1 err.txt)"
-ip netns add "$nsB" || fail "ip netns add $nsB"
-ip link add "$vA" netns "$nsA" type veth peer name "$vB" netns "$nsB" 2>err.txt ||
-  skip "no veth pair: $(head -1 err.txt)"
-for node in "$nsA $vA $ipA" "$nsB $vB $ipB"; do
-  read -r ns v ip <<<"$node"
-  ip -n "$ns" link set lo up && ip -n "$ns" addr add "$ip/24" dev "$v" && ip -n "$ns" link set "$v" up ||
-    fail "cannot configure $v in $ns"
+. "$(dirname "$0")/twonode_lib.sh"
+twonode_net
+for ns in "$nsA" "$nsB"; do
   # ip netns exec binds /etc/netns/<ns>/hosts over /etc/hosts: the node names resolve inside.
   mkdir -p "/etc/netns/$ns"
   printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$ipA" "$hostA" "$ipB" "$hostB" >"/etc/netns/$ns/hosts"

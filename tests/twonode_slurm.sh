@@ -58,15 +58,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # The two hosts.
-ip netns add "$nsA" 2>err.txt || skip "ip netns add fails: $(head -1 err.txt)"
-ip netns add "$nsB" || fail "ip netns add $nsB"
-ip link add "$vA" netns "$nsA" type veth peer name "$vB" netns "$nsB" 2>err.txt ||
-  skip "no veth pair: $(head -1 err.txt)"
-for node in "$nsA $vA $ipA" "$nsB $vB $ipB"; do
-  read -r ns v ip <<<"$node"
-  ip -n "$ns" link set lo up && ip -n "$ns" addr add "$ip/24" dev "$v" && ip -n "$ns" link set "$v" up ||
-    fail "cannot configure $v in $ns"
-done
+. "$(dirname "$0")/twonode_lib.sh"
+twonode_net
 printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$ipA" "$hostA" "$ipB" "$hostB" >hosts
 # on A|B COMMAND...: COMMAND on that node: its network namespace, hostname (UTS namespace) and
 # /etc/hosts (bound in a mount namespace of its own). nsenter rather than `ip netns exec`: that
