@@ -19,8 +19,11 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 here=$PWD
 S=$here/slurm
-mkdir -p "$S"/state "$S"/spool /run/munge
-chown munge:munge /run/munge
+# Sockets (munged's; slurmd's and slurmstepd's in the spool) in a short directory: a Unix
+# socket path cannot pass 108 bytes, and a build tree can lie deep.
+K=$(mktemp -d /tmp/srsl.XXXXXX) || fail "mktemp failed"
+mkdir -p "$S"/state "$K"/spool /run/munge
+chmod 755 "$K" && chown munge:munge /run/munge "$K"
 pids=()
 # The submission directory: outside the repository (the build tree may lie inside it).
 sub=$(mktemp -d "${TMPDIR:-/tmp}/sr-slurm-submit.XXXXXX") || fail "mktemp failed"
@@ -29,12 +32,12 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done
-  rm -rf "$sub"
+  rm -rf "$sub" "$K"
 }
 trap cleanup EXIT
 
 # munge: our own socket, so that a system munged is left alone.
-sock=$S/munge.socket
+sock=$K/munge.socket
 chown munge:munge "$S"
 runuser -u munge -- munged --socket="$sock" --pid-file="$S/munged.pid" --log-file="$S/munged.log" \
   --seed-file="$S/munged.seed" || { echo "skip: munged does not start"; exit 77; }
@@ -66,7 +69,7 @@ JobCompLoc=$S/jobcomp.txt
 JobRequeue=1
 ReturnToService=2
 StateSaveLocation=$S/state
-SlurmdSpoolDir=$S/spool
+SlurmdSpoolDir=$K/spool
 SlurmctldPidFile=$S/slurmctld.pid
 SlurmdPidFile=$S/slurmd.pid
 SlurmctldLogFile=$S/slurmctld.log

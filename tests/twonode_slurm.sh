@@ -17,7 +17,15 @@
 set -u
 repo=$(cd "$(dirname "$0")/.." && pwd)
 skip() { echo "skip: $*"; exit 77; }
-fail() { echo "FAIL: $*"; [ -s err.txt ] && { echo "--- err.txt:"; tail -15 err.txt; }; exit 1; }
+fail() {
+  echo "FAIL: $*"
+  [ -s err.txt ] && { echo "--- err.txt:"; tail -15 err.txt; }
+  local f
+  for f in "${S:-/nonexistent}"/slurmd-*.log; do
+    [ -s "$f" ] && { echo "--- ${f##*/} (errors):"; grep -E 'error|fatal' "$f" | tail -5; }
+  done
+  exit 1
+}
 ok() { echo "ok: $*"; }
 
 [ "$(id -u)" -eq 0 ] || skip "needs root (network namespaces, slurmd)"
@@ -28,8 +36,12 @@ id munge >/dev/null 2>&1 || skip "no munge user (munge not installed)"
 rm -rf run && mkdir run && cd run || exit 1
 here=$PWD
 S=$here/slurm
+# Unix sockets (munged's, slurmd's and slurmstepd's under SlurmdSpoolDir) live in a short
+# directory of their own: a socket path longer than 108 bytes cannot be made, and a build tree
+# can lie deep (slurmstepd then dies at launch and slurmctld requeues the job, silently).
+K=$(mktemp -d /tmp/sr2n.XXXXXX) || { echo "FAIL: mktemp"; exit 1; }
 mkdir -p "$S/state" /run/munge
-chown munge:munge /run/munge "$S"
+chmod 755 "$K" && chown munge:munge /run/munge "$S" "$K"
 
 id=$$
 nsA=srsa-$id nsB=srsb-$id
@@ -52,6 +64,7 @@ cleanup() {
     for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
     ip netns del "$ns" 2>/dev/null # the veth pair goes with it
   done
+  rm -rf "$K"
   return 0
 }
 trap cleanup EXIT
@@ -81,7 +94,7 @@ on A true 2>err.txt || skip "no UTS / mount namespace for a node: $(head -1 err.
 ok "hosts $hostA ($nsA, $ipA) and $hostB ($nsB, $ipB) on $net"
 
 # munge: our own socket (a system munged is left alone); a file, so both namespaces reach it.
-sock=$S/munge.socket
+sock=$K/munge.socket
 runuser -u munge -- munged --socket="$sock" --pid-file="$S/munged.pid" --log-file="$S/munged.log" \
   --seed-file="$S/munged.seed" || skip "munged does not start"
 pids+=("$(cat "$S/munged.pid")")
@@ -111,7 +124,7 @@ JobCompLoc=$S/jobcomp.txt
 ReturnToService=2
 StateSaveLocation=$S/state
 TmpFS=$S/tmp
-SlurmdSpoolDir=$S/spool-%n
+SlurmdSpoolDir=$K/spool-%n
 SlurmctldPidFile=$S/slurmctld.pid
 SlurmdPidFile=$S/slurmd-%n.pid
 SlurmctldLogFile=$S/slurmctld.log
