@@ -393,6 +393,68 @@ static void test_attn_threads(void **state) {
   world_free(&w);
 }
 
+/* GQA heads whose rows list the same entries run as one merged row (up to 128 lanes): a
+ * group larger than one merged row (16 heads of 16 queries), a group of 6, bq = 32, d = 80
+ * (the O^T form), all against float64. Then the merge must not change a bit: the same
+ * dense lists, but every other head gets one extra entry that lies entirely in the future
+ * of its rows (so it contributes nothing, but the rows no longer match and nothing merges). */
+static void test_attn_gqa_merge(void **state) {
+  (void)state;
+  const attn_case cases[] = {
+      seq_case(16, 1, 64, 16, 16, 230, 0),
+      seq_case(12, 2, 128, 16, 32, 250, 0),
+      seq_case(8, 2, 80, 32, 16, 170, 0),
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i], "gqa-merge");
+
+  /* Local q-blocks cover the first 160 of 400 positions: every row has future blocks. */
+  attn_case c = {.qh = 8, .kvh = 2, .d = 64, .bq = 16, .bk = 16, .n = 400, .kv_limit = 400,
+                 .nqb = 10, .nq = 157};
+  world w;
+  world_build(&w, &c);
+  const size_t rows = (size_t)c.qh * c.nq;
+  float *o1 = malloc(rows * c.d * sizeof(float)), *l1 = malloc(rows * sizeof(float));
+  assert_non_null(o1);
+  assert_non_null(l1);
+  world_run(&w, sr_backend_cpu());
+  memcpy(o1, w.out, rows * c.d * sizeof(float));
+  memcpy(l1, w.lse, rows * sizeof(float));
+  /* Rebuild the lists with a future block appended to the rows of the odd heads. */
+  const int64_t nr = (int64_t)c.qh * c.nqb, nnz = w.row_ptr[nr];
+  int64_t *rp = malloc((size_t)(nr + 1) * sizeof(int64_t));
+  int32_t *sl = malloc((size_t)(nnz + nr) * sizeof(int32_t));
+  int64_t *kp = malloc((size_t)(nnz + nr) * sizeof(int64_t));
+  assert_non_null(rp);
+  assert_non_null(sl);
+  assert_non_null(kp);
+  rp[0] = 0;
+  for (int64_t r = 0; r < nr; r++) {
+    const int64_t b = w.row_ptr[r], n = w.row_ptr[r + 1] - b;
+    const int h = (int)(r / c.nqb), g = h / (c.qh / c.kvh);
+    memcpy(sl + rp[r], w.slot + b, (size_t)n * sizeof(int32_t));
+    memcpy(kp + rp[r], w.kpos + b, (size_t)n * sizeof(int64_t));
+    rp[r + 1] = rp[r] + n;
+    if (h % 2) {
+      const int64_t fb = w.nkb - 1; /* positions 384.. : after every local query (< 160) */
+      sl[rp[r + 1]] = w.slot_of[(int64_t)g * w.nkb + fb];
+      kp[rp[r + 1]] = fb * c.bk;
+      rp[r + 1]++;
+    }
+  }
+  free(w.row_ptr);
+  free(w.slot);
+  free(w.kpos);
+  w.row_ptr = rp, w.slot = sl, w.kpos = kp;
+  world_run(&w, sr_backend_cpu());
+  assert_memory_equal(o1, w.out, rows * c.d * sizeof(float));
+  assert_memory_equal(l1, w.lse, rows * sizeof(float));
+  world_reference(&w);
+  world_check(&w, "merged==single");
+  free(o1);
+  free(l1);
+  world_free(&w);
+}
+
 /* Rows that see nothing: no entries, only future blocks, only keys past kv_limit. */
 static void test_attn_empty_rows(void **state) {
   (void)state;
@@ -678,7 +740,7 @@ int main(void) {
       cmocka_unit_test(test_attn_empty_rows), cmocka_unit_test(test_merge_union),
       cmocka_unit_test(test_merge_rows),      cmocka_unit_test(test_pool_mean),
       cmocka_unit_test(test_block_scores),    cmocka_unit_test(test_topk),
-      cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_errors),          cmocka_unit_test(test_attn_gqa_merge),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -82,13 +82,15 @@ void sr__cpu_transpose(const float *src, int64_t rows, int64_t cols, int64_t lds
 /*
  * 2^x for the softmax, accurate to a few ulp for x in [-126, 0] (the only range the kernels
  * use, since x = s - rowmax <= 0); 0 below -126 and for -INFINITY; NaN stays NaN. It is
- * branch-free and uses only operations GCC vectorizes (rint, int conversion, a bit cast),
+ * branch-free and uses only operations GCC vectorizes (adds, int conversion, a bit cast),
  * so the loops that call it become SIMD loops without a vector math library.
  */
 static inline float sr__cpu_exp2(float x) {
   /* Clamp first so that the float->int conversion below is always defined (NaN -> -126). */
   const float xc = x > -126.0f ? x : -126.0f;
-  const float n = rintf(xc);
+  /* Round to nearest by the 1.5 * 2^23 trick (|xc| <= 126): plain adds, which vectorize for
+   * every ISA, where rintf needs SSE4.1 and stays scalar in a build for baseline x86-64. */
+  const float n = (xc + 12582912.0f) - 12582912.0f;
   const float f = xc - n; /* f in [-0.5, 0.5] */
   /* Taylor series of 2^f = e^(f ln 2) to degree 7: truncation error < 6e-9 relative.
    * Horner steps are explicit fmaf where the target has FMA (ISO C mode does not contract
