@@ -48,7 +48,7 @@ typedef struct attn_scratch {
   float *qt, *st, *ot;     /* [d][ld], [bk][ld], [d][ld]; ld = lanes of a merged row  */
   float *kc, *vc;          /* a column chunk's gathered K and V rows, [bk][d]       */
   float *m, *l;            /* running max (base 2) and sum, [ld]                    */
-  float *alpha, *inv;      /* rescale of the old output; 1/l at the end, [bqp]      */
+  float *alpha, *inv;      /* rescale of the old output; 1/l at the end, [ld]       */
   void *base;
 } attn_scratch;
 
