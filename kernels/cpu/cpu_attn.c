@@ -198,6 +198,14 @@ static void attn_row(const sr_attn_args *a, int h0, int nh, int64_t mb, int64_t 
   const int rowmajor = d % SR_CPU_LANES == 0;
   const size_t hq = (size_t)a->nq * (size_t)d; /* one head of q / out */
 
+  const int64_t r = (int64_t)h0 * a->nqb + mb, e_end = a->row_ptr[r + 1];
+  const size_t blk = (size_t)bk * (size_t)d;
+  /* The first blocks of the row, which the loop's look-ahead never asks for: fetched while Q
+   * is transposed. */
+  for (int64_t e = a->row_ptr[r]; e < e_end && e < a->row_ptr[r] + SR_CPU_PREFETCH_AHEAD; e++)
+    if (a->kpos[e] >= 0)
+      prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e] * blk, blk * 4);
+
   /* Q^T, scaled; padded lanes zero. */
   for (int g = 0; g < nh; g++) {
     const float *q = (const float *)a->q + (size_t)(h0 + g) * hq + (size_t)i0 * (size_t)d;
@@ -209,8 +217,6 @@ static void attn_row(const sr_attn_args *a, int h0, int nh, int64_t mb, int64_t 
   }
 
   const int64_t qfirst = a->qpos[mb], qlast = qfirst + qrows - 1;
-  const int64_t r = (int64_t)h0 * a->nqb + mb, e_end = a->row_ptr[r + 1];
-  const size_t blk = (size_t)bk * (size_t)d;
   int first = 1; /* the first computed block overwrites the accumulator instead of rescaling */
   for (int64_t e = a->row_ptr[r]; e < e_end; e++) {
     const int64_t kp = a->kpos[e];
