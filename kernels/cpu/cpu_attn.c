@@ -38,9 +38,11 @@
 
 /* Most lanes one merged row may have (see "GQA rows share one pass" above). */
 #define SR_CPU_MERGE_LANES 128
-/* How many entries ahead the K/V blocks are prefetched. One block of compute (bq = 16) is
- * shorter than the latency of fetching the next one from L3 or memory; two ahead hid it
- * (Block-Sparse rows at 0.9, 16x16 blocks: 20-25% faster than one ahead on a 2-core EPYC). */
+/* K/V prefetch: the block two entries ahead into L2, the next one into L1 (and the first
+ * SR_CPU_PREFETCH_AHEAD blocks of a row while its Q is transposed). One block of compute
+ * (bq = 16) is shorter than a fetch from L3 or memory; two ahead hid it (Block-Sparse rows at
+ * 0.9, 16x16 blocks: 20-25% faster than one ahead on a 2-core EPYC), and the L2 step keeps two
+ * 16 KB blocks (d 128) from flooding L1. */
 #define SR_CPU_PREFETCH_AHEAD 2
 
 /* Per-thread scratch, one allocation per thread per call. */
@@ -155,7 +157,7 @@ static softmax_fn softmax_for_path(void) {
   return softmax_portable;
 }
 
-/* Asks for the K and V block of a later entry while this one computes: sparse rows jump
+/* Ask for the K and V block of a later entry while this one computes: sparse rows jump
  * between slots, which the hardware prefetchers cannot predict, and a 16-row block is too
  * short for them to ramp up. Prefetches never fault, so any slot number is safe here. */
 static inline __attribute__((always_inline)) void prefetch_block(const float *k, const float *v,
@@ -164,6 +166,14 @@ static inline __attribute__((always_inline)) void prefetch_block(const float *k,
   for (size_t x = 0; x < bytes; x += 64) {
     __builtin_prefetch(pk + x);
     __builtin_prefetch(pv + x);
+  }
+}
+static inline __attribute__((always_inline)) void prefetch_block_l2(const float *k, const float *v,
+                                                                     size_t off, size_t bytes) {
+  const char *pk = (const char *)(k + off), *pv = (const char *)(v + off);
+  for (size_t x = 0; x < bytes; x += 64) {
+    __builtin_prefetch(pk + x, 0, 2);
+    __builtin_prefetch(pv + x, 0, 2);
   }
 }
 
@@ -241,8 +251,11 @@ static void attn_row(const sr_attn_args *a, int h0, int nh, int64_t mb, int64_t 
       if (jn <= 0) continue; /* entirely in the future or beyond the sequence end */
       kb = (const float *)a->k + (size_t)a->slot[e] * blk;
       vb = (const float *)a->v + (size_t)a->slot[e] * blk;
-      if (e + SR_CPU_PREFETCH_AHEAD < e_end && a->kpos[e + SR_CPU_PREFETCH_AHEAD] >= 0)
-        prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + SR_CPU_PREFETCH_AHEAD] * blk,
+      if (e + 2 < e_end && a->kpos[e + 2] >= 0)
+        prefetch_block_l2((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + 2] * blk,
+                          blk * 4);
+      if (e + 1 < e_end && a->kpos[e + 1] >= 0)
+        prefetch_block((const float *)a->k, (const float *)a->v, (size_t)a->slot[e + 1] * blk,
                        blk * 4);
       /* Keys with kp + j > qfirst are in the future of the first lanes. */
       key_minus_q = kp - qfirst;
