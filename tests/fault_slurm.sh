@@ -19,11 +19,9 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 here=$PWD
 S=$here/slurm
-# Sockets (munged's; slurmd's and slurmstepd's in the spool) in a short directory: a Unix
-# socket path cannot pass 108 bytes, and a build tree can lie deep.
-K=$(mktemp -d /tmp/srsl.XXXXXX) || fail "mktemp failed"
-mkdir -p "$S"/state "$K"/spool /run/munge
-chmod 755 "$K" && chown munge:munge /run/munge "$K"
+. "$repo/tests/slurm_lib.sh"
+slurm_sockdir srsl || fail "mktemp failed"
+mkdir -p "$S"/state "$K"/spool
 pids=()
 # The submission directory: outside the repository (the build tree may lie inside it).
 sub=$(mktemp -d "${TMPDIR:-/tmp}/sr-slurm-submit.XXXXXX") || fail "mktemp failed"
@@ -36,12 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# munge: our own socket, so that a system munged is left alone.
-sock=$K/munge.socket
-chown munge:munge "$S"
-runuser -u munge -- munged --socket="$sock" --pid-file="$S/munged.pid" --log-file="$S/munged.log" \
-  --seed-file="$S/munged.seed" || { echo "skip: munged does not start"; exit 77; }
-pids+=("$(cat "$S/munged.pid")")
+slurm_munged || { echo "skip: munged does not start"; exit 77; }
 
 hw=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //; s/UpTime=.*//')
 # Ports of our own (two test runs on one machine must not meet).
@@ -53,28 +46,16 @@ SlurmctldPort=$port
 SlurmdPort=$((port + 1))
 NodeName=localhost NodeAddr=127.0.0.1 $hw
 PartitionName=test Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-AuthType=auth/munge
-AuthInfo=socket=$sock
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmUser=root
 MpiDefault=pmix
 EnforcePartLimits=ALL
-MailProg=/bin/true
-JobCompType=jobcomp/filetxt
-JobCompLoc=$S/jobcomp.txt
 JobRequeue=1
-ReturnToService=2
-StateSaveLocation=$S/state
 SlurmdSpoolDir=$K/spool
 SlurmctldPidFile=$S/slurmctld.pid
 SlurmdPidFile=$S/slurmd.pid
 SlurmctldLogFile=$S/slurmctld.log
 SlurmdLogFile=$S/slurmd.log
 EOF
+slurm_conf_common >>"$S/slurm.conf"
 export SLURM_CONF=$S/slurm.conf
 slurmctld -i || fail "slurmctld does not start ($(tail -2 "$S/slurmctld.log"))"
 sleep 0.5

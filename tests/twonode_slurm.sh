@@ -36,12 +36,9 @@ id munge >/dev/null 2>&1 || skip "no munge user (munge not installed)"
 rm -rf run && mkdir run && cd run || exit 1
 here=$PWD
 S=$here/slurm
-# Unix sockets (munged's, slurmd's and slurmstepd's under SlurmdSpoolDir) live in a short
-# directory of their own: a socket path longer than 108 bytes cannot be made, and a build tree
-# can lie deep (slurmstepd then dies at launch and slurmctld requeues the job, silently).
-K=$(mktemp -d /tmp/sr2n.XXXXXX) || { echo "FAIL: mktemp"; exit 1; }
-mkdir -p "$S/state" /run/munge
-chmod 755 "$K" && chown munge:munge /run/munge "$S" "$K"
+. "$repo/tests/slurm_lib.sh"
+slurm_sockdir sr2n || { echo "FAIL: mktemp"; exit 1; }
+mkdir -p "$S/state"
 
 id=$$
 nsA=srsa-$id nsB=srsb-$id
@@ -71,7 +68,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # The two hosts.
-. "$(dirname "$0")/twonode_lib.sh"
+. "$repo/tests/twonode_lib.sh"
 twonode_net
 printf '127.0.0.1 localhost\n%s %s\n%s %s\n' "$ipA" "$hostA" "$ipB" "$hostB" >hosts
 # on A|B COMMAND...: COMMAND on that node: its network namespace, hostname (UTS namespace) and
@@ -93,11 +90,8 @@ on() {
 on A true 2>err.txt || skip "no UTS / mount namespace for a node: $(head -1 err.txt)"
 ok "hosts $hostA ($nsA, $ipA) and $hostB ($nsB, $ipB) on $net"
 
-# munge: our own socket (a system munged is left alone); a file, so both namespaces reach it.
-sock=$K/munge.socket
-runuser -u munge -- munged --socket="$sock" --pid-file="$S/munged.pid" --log-file="$S/munged.log" \
-  --seed-file="$S/munged.seed" || skip "munged does not start"
-pids+=("$(cat "$S/munged.pid")")
+# munge: its socket is a file, so both namespaces reach it.
+slurm_munged || skip "munged does not start"
 
 hw=$(slurmd -C | head -1 | sed 's/^NodeName=[^ ]* //; s/UpTime=.*//')
 port=$((20000 + (id % 10000) * 2))
@@ -109,20 +103,7 @@ SlurmdPort=$((port + 1))
 NodeName=$hostA NodeAddr=$ipA NodeHostname=$hostA $hw
 NodeName=$hostB NodeAddr=$ipB NodeHostname=$hostB $hw
 PartitionName=test Nodes=$hostA,$hostB Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-AuthType=auth/munge
-AuthInfo=socket=$sock
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SlurmUser=root
 MpiDefault=none
-MailProg=/bin/true
-JobCompType=jobcomp/filetxt
-JobCompLoc=$S/jobcomp.txt
-ReturnToService=2
-StateSaveLocation=$S/state
 TmpFS=$S/tmp
 SlurmdSpoolDir=$K/spool-%n
 SlurmctldPidFile=$S/slurmctld.pid
@@ -130,6 +111,7 @@ SlurmdPidFile=$S/slurmd-%n.pid
 SlurmctldLogFile=$S/slurmctld.log
 SlurmdLogFile=$S/slurmd-%n.log
 EOC
+slurm_conf_common >>"$S/slurm.conf"
 export SLURM_CONF=$S/slurm.conf
 on A slurmctld -i || skip "environment: slurmctld does not start on $hostA ($(tail -2 "$S/slurmctld.log"))"
 for _ in $(seq 50); do [ -s "$S/slurmctld.pid" ] && break; sleep 0.1; done
