@@ -7,8 +7,10 @@
  * function of the thread count, so the result is the same for any number of threads); each
  * piece keeps an online softmax (running max, sum, weighted V) for the q-heads the list serves
  * (the whole GQA group reads each key once), and the pieces of a list are merged in ascending
- * order with the log-sum-exp rule. Sums and weighted values are accumulated in double, so that
- * a different split of the keys (over ranks) changes the result only by the final rounding.
+ * order with the log-sum-exp rule. Scores are kept in base-2 units; the weights of an entry's
+ * keys come from the vectorised float exp2 (a few ulp), one rescale per entry that raises the
+ * max; sums and weighted values are accumulated in double, so that a different split of the
+ * keys (over ranks) changes the result by little more than the rounding of the weights.
  */
 #include "cpu_internal.h"
 
@@ -75,7 +77,7 @@ sr_status sr__cpu_decode_fwd(const sr_decode_args *a) {
   const int64_t nent = a->own_stride + a->nshared + 1;
   const int64_t nsplit = (nent + SPLIT_ENTRIES - 1) / SPLIT_ENTRIES;
   const int64_t nwork = nl * nsplit;
-  /* Partial results per (list, split, q-head of the list): m, s, acc[d]. */
+  /* Partial results per (list, split, q-head of the list): m (base 2), s, acc[d]. */
   float *pm = sr__alloc((size_t)nwork * G * sizeof(float));
   double *ps = sr__alloc((size_t)nwork * G * sizeof(double));
   double *pa = sr__alloc((size_t)nwork * G * (size_t)d * sizeof(double));
@@ -103,31 +105,48 @@ sr_status sr__cpu_decode_fwd(const sr_decode_args *a) {
     }
     memset(acc, 0, (size_t)G * d * sizeof(double));
     const int64_t e1 = (c + 1) * SPLIT_ENTRIES < nent ? (c + 1) * SPLIT_ENTRIES : nent;
+    const float zscale = a->scale * 1.44269504088896340736f; /* scores in base-2 units */
+    float z[16], p[16];
     for (int64_t e = c * SPLIT_ENTRIES; e < e1; e++) {
       int32_t row, len;
       entry_of(a, l, e, &row, &len);
-      for (int32_t r = 0; r < len; r++) {
-        const float *kr = kb + (seg + (size_t)row + (size_t)r) * (size_t)d;
-        const float *vr = vb + (seg + (size_t)row + (size_t)r) * (size_t)d;
-        for (int j = 0; j < G; j++) {
-          const float *q = a->q + ((size_t)b * a->q_heads + (size_t)(h0 + j)) * (size_t)d;
+      if (len <= 0) continue;
+      const float *ke = kb + (seg + (size_t)row) * (size_t)d;
+      const float *ve = vb + (seg + (size_t)row) * (size_t)d;
+      /* One entry (<= 16 keys) at a time per q-head: its scores, one rescale of the running
+       * sum and output when the entry raises the max, then exp2 and P.V over the entry. */
+      for (int j = 0; j < G; j++) {
+        const float *q = a->q + ((size_t)b * a->q_heads + (size_t)(h0 + j)) * (size_t)d;
+        float mb = -INFINITY;
+        for (int32_t r = 0; r < len; r++) {
+          const float *kr = ke + (size_t)r * (size_t)d;
           float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
           for (int x = 0; x < d; x++) dot += q[x] * kr[x];
-          const float z = dot * a->scale;
-          double *aj = acc + (size_t)j * d;
-          if (z > m[j]) {
-            const double f = m[j] == -INFINITY ? 0.0 : exp((double)m[j] - (double)z);
-            s[j] = s[j] * f + 1.0;
+          z[r] = dot * zscale;
+          mb = z[r] > mb ? z[r] : mb;
+        }
+        double *aj = acc + (size_t)j * d;
+        if (mb > m[j]) {
+          const double f = m[j] == -INFINITY ? 0.0 : exp2((double)m[j] - (double)mb);
+          s[j] *= f;
 #pragma omp simd
-            for (int x = 0; x < d; x++) aj[x] = aj[x] * f + (double)vr[x];
-            m[j] = z;
-          } else {
-            const double p = exp((double)z - (double)m[j]);
-            s[j] += p;
+          for (int x = 0; x < d; x++) aj[x] *= f;
+          m[j] = mb;
+        }
+        const float mj = m[j];
+        double se = 0.0;
+#pragma omp simd reduction(+ : se)
+        for (int32_t r = 0; r < len; r++) {
+          p[r] = sr__cpu_exp2(z[r] - mj);
+          se += (double)p[r];
+        }
+        s[j] += se;
+        for (int32_t r = 0; r < len; r++) {
+          const double pr = (double)p[r];
+          const float *vr = ve + (size_t)r * (size_t)d;
 #pragma omp simd
-            for (int x = 0; x < d; x++) aj[x] += p * (double)vr[x];
-          }
+          for (int x = 0; x < d; x++) aj[x] += pr * (double)vr[x];
         }
       }
     }
@@ -160,13 +179,13 @@ sr_status sr__cpu_decode_fwd(const sr_decode_args *a) {
       for (int64_t c = 0; c < nsplit; c++) {
         const size_t wj = (size_t)(l * nsplit + c) * G + j;
         if (pm[wj] == -INFINITY) continue;
-        const double f = exp((double)pm[wj] - (double)M);
+        const double f = exp2((double)pm[wj] - (double)M);
         S += ps[wj] * f;
         const double *ac = pa + wj * (size_t)d;
         for (int x = 0; x < d; x++) od[x] += ac[x] * f;
       }
       for (int x = 0; x < d; x++) o[x] = (float)(od[x] / S);
-      a->lse[r] = (float)((double)M + log(S));
+      a->lse[r] = (float)(((double)M + log2(S)) * 0.69314718055994530942);
     }
   }
   sr__free(pm);
