@@ -367,30 +367,47 @@ static void test_attn_qpos_pool(void **state) {
   }
 }
 
+/* The outputs of the last world_run, kept to compare a second run with, bit for bit. */
+typedef struct kept_outputs {
+  float *out, *lse;
+} kept_outputs;
+
+static kept_outputs keep_outputs(const world *w) {
+  const size_t rows = (size_t)w->c.qh * w->c.nq;
+  kept_outputs k = {malloc(rows * w->c.d * sizeof(float)), malloc(rows * sizeof(float))};
+  assert_non_null(k.out);
+  assert_non_null(k.lse);
+  memcpy(k.out, w->out, rows * w->c.d * sizeof(float));
+  memcpy(k.lse, w->lse, rows * sizeof(float));
+  return k;
+}
+
+/* The last run equals the kept one bit for bit and matches float64; frees the kept outputs
+ * and the world. */
+static void expect_same_run(world *w, kept_outputs k, const char *what) {
+  const size_t rows = (size_t)w->c.qh * w->c.nq;
+  assert_memory_equal(k.out, w->out, rows * w->c.d * sizeof(float));
+  assert_memory_equal(k.lse, w->lse, rows * sizeof(float));
+  world_reference(w);
+  world_check(w, what);
+  free(k.out);
+  free(k.lse);
+  world_free(w);
+}
+
 /* The result depends on neither the thread count nor the row schedule: bitwise equal. */
 static void test_attn_threads(void **state) {
   (void)state;
   attn_case c = seq_case(8, 2, 64, 16, 16, 300, 1);
   world w;
   world_build(&w, &c);
-  const size_t rows = (size_t)c.qh * c.nq;
-  float *o1 = malloc(rows * c.d * sizeof(float)), *l1 = malloc(rows * sizeof(float));
-  assert_non_null(o1);
-  assert_non_null(l1);
   sr_cpu_set_threads(1);
   world_run(&w, sr_backend_cpu());
-  memcpy(o1, w.out, rows * c.d * sizeof(float));
-  memcpy(l1, w.lse, rows * sizeof(float));
+  const kept_outputs one = keep_outputs(&w);
   sr_cpu_set_threads(2);
   world_run(&w, sr_backend_cpu());
   sr_cpu_set_threads(0);
-  assert_memory_equal(o1, w.out, rows * c.d * sizeof(float));
-  assert_memory_equal(l1, w.lse, rows * sizeof(float));
-  world_reference(&w);
-  world_check(&w, "threads 1==2");
-  free(o1);
-  free(l1);
-  world_free(&w);
+  expect_same_run(&w, one, "threads 1==2");
 }
 
 /* GQA heads whose rows list the same entries run as one merged row (up to 128 lanes): a
@@ -412,13 +429,8 @@ static void test_attn_gqa_merge(void **state) {
                  .nqb = 10, .nq = 157};
   world w;
   world_build(&w, &c);
-  const size_t rows = (size_t)c.qh * c.nq;
-  float *o1 = malloc(rows * c.d * sizeof(float)), *l1 = malloc(rows * sizeof(float));
-  assert_non_null(o1);
-  assert_non_null(l1);
   world_run(&w, sr_backend_cpu());
-  memcpy(o1, w.out, rows * c.d * sizeof(float));
-  memcpy(l1, w.lse, rows * sizeof(float));
+  const kept_outputs merged = keep_outputs(&w);
   /* Rebuild the lists with a future block appended to the rows of the odd heads. */
   const int64_t nr = (int64_t)c.qh * c.nqb, nnz = w.row_ptr[nr];
   int64_t *rp = malloc((size_t)(nr + 1) * sizeof(int64_t));
@@ -446,13 +458,7 @@ static void test_attn_gqa_merge(void **state) {
   free(w.kpos);
   w.row_ptr = rp, w.slot = sl, w.kpos = kp;
   world_run(&w, sr_backend_cpu());
-  assert_memory_equal(o1, w.out, rows * c.d * sizeof(float));
-  assert_memory_equal(l1, w.lse, rows * sizeof(float));
-  world_reference(&w);
-  world_check(&w, "merged==single");
-  free(o1);
-  free(l1);
-  world_free(&w);
+  expect_same_run(&w, merged, "merged==single");
 }
 
 /* Rows that see nothing: no entries, only future blocks, only keys past kv_limit. */
