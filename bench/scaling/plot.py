@@ -86,6 +86,14 @@ def footer(fig, meta):
     fig.text(0.01, 0.005, s, fontsize=7, color="#555555")
 
 
+def save(fig, meta, path):
+    """The run footer, layout, PNG, and the figure closed."""
+    footer(fig, meta)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def scaling_plot(points, meta, kind, path):
     pts = [p for p in points if p["scaling"] == kind]
     if not pts:
@@ -98,10 +106,7 @@ def scaling_plot(points, meta, kind, path):
                    else "weak scaling, %d tokens per rank" % x)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.suptitle("attention time (median, min..max of repetitions; dotted: ideal)", fontsize=10)
-    footer(fig, meta)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, meta, path)
     return True
 
 
@@ -131,10 +136,7 @@ def efficiency_plot(points, meta, path):
         ax.set_title("%s scaling: per-rank throughput vs the smallest rank count" % kind, fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, ncol=1, loc="best")
-    footer(fig, meta)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, meta, path)
 
 
 def bytes_plot(points, meta, path):
@@ -163,10 +165,7 @@ def bytes_plot(points, meta, path):
                  % (kind, "N" if kind == "strong" else "tokens/rank", nmax), fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    footer(fig, meta)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, meta, path)
     return True
 
 
@@ -202,10 +201,7 @@ def phases_plot(points, meta, path):
     axes[0][-1].legend(fontsize=7)
     fig.suptitle("phases, strong scaling, N = %d (exchange and compute overlap: their sum can "
                  "exceed the attention time)" % nmax, fontsize=9)
-    footer(fig, meta)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, meta, path)
 
 
 def main():
