@@ -182,16 +182,22 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
     goto done;
   }
-  for (int h = 0; h < sel->q_heads; h++) {
-    int kvh = h / p->group;
-    for (int64_t m = 0; m < sel->nqb; m++) {
-      int64_t r = h * sel->nqb + m;
-      for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++) {
-        int64_t j = sel->col[e];
-        if (sr_plan_kblock_owner(p, j, NULL) != me) need[kvh * p->nkb_global + j] = 1;
-      }
-    }
+  /* One rank has no remote blocks. Otherwise one thread per kv-head (it alone writes that
+   * head's part of need), owners looked up once: the walk runs over every selected entry. */
+  int32_t *own = P > 1 ? sr__alloc((size_t)p->nkb_global * sizeof *own) : NULL;
+  if (P > 1 && !own) {
+    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
+    goto done;
   }
+  for (int64_t j = 0; P > 1 && j < p->nkb_global; j++) own[j] = sr_plan_kblock_owner(p, j, NULL);
+#pragma omp parallel for schedule(dynamic, 1) if (P > 1)
+  for (int kvh = 0; kvh < (P > 1 ? p->kv_heads : 0); kvh++)
+    for (int h = kvh * p->group; h < (kvh + 1) * p->group && h < sel->q_heads; h++)
+      for (int64_t e = sel->row_ptr[h * sel->nqb]; e < sel->row_ptr[(h + 1) * sel->nqb]; e++) {
+        const int64_t j = sel->col[e];
+        if (own[j] != me) need[kvh * p->nkb_global + j] = 1;
+      }
+  sr__free(own);
   /* Request lists grouped by owner, ascending id inside each owner. */
   int64_t nreq = 0;
   for (int64_t id = 0; id < nids; id++)

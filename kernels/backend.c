@@ -19,6 +19,13 @@ sr_status sr__attn_args_check(const sr_attn_args *a) {
   if (a->nq == 0 || a->nqb == 0) return SR_OK;
   if (!a->q || !a->qpos || !a->row_ptr || !a->out || !a->lse)
     return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: NULL q/qpos/row_ptr/out/lse");
+  /* Lists built by attn_lists live in backend memory (checked while they were built). */
+  if (a->lists_dev) {
+    if (a->nnz < 0 || a->ncolrow != 0 || (a->nnz > 0 && (!a->slot || !a->kpos || !a->k || !a->v)))
+      return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: device lists with nnz=%lld, %lld column rows",
+                        (long long)a->nnz, (long long)a->ncolrow);
+    return SR_OK;
+  }
   const int64_t rows = (int64_t)a->q_heads * a->nqb;
   if (a->row_ptr[0] != 0)
     return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: row_ptr[0]=%lld, expected 0",

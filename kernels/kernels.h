@@ -58,7 +58,36 @@ typedef struct sr_attn_args {
   float scale;        /* softmax scale, usually 1/sqrt(d)                              */
   float *out;         /* [q_heads][nq][d] written for every row (0 for empty rows)     */
   float *lse;         /* [q_heads][nq]    natural-log sum-exp, -INFINITY for empty rows */
+  int lists_dev;      /* 1: row_ptr, slot, kpos are backend memory from attn_lists (the  */
+  int64_t nnz;        /*    caller gives their nnz; no column chunks); 0: host arrays    */
 } sr_attn_args;
+
+/* ---- Work lists in backend memory (optional op attn_lists) ----
+ * Splits a block selection by source rank into the per-source lists attn_fwd takes, as the
+ * runtime's host code does (runtime/sr_attend.c): for row r = h * nqb + m and each entry e of
+ * the selection's row, j = col[e] goes to source owner[j] with slot slot_of[(h / group) * nkb
+ * + j] and kpos j * bk, in the selection's order. col NULL: every causal block, col[e] = e -
+ * row_ptr[r]. */
+#define SR_LISTS_MAX_SRC 64 /* sources attn_lists takes; more: the runtime builds on the host */
+typedef struct sr_lists_args {
+  int q_heads, group, nqb, bq, bk, nsrc;
+  int kv_heads;
+  int64_t nkb;              /* key blocks of the whole sequence                            */
+  const int64_t *row_ptr;   /* host [q_heads*nqb + 1]: the selection                       */
+  const int32_t *col;       /* host [nnz] global key-block ids, or NULL (every causal block) */
+  const int32_t *owner;     /* host [nkb]: source of each key block, 0 <= owner < nsrc       */
+  const int32_t *slot_of;   /* host [kv_heads * nkb]: slot of each (kv-head, block)          */
+  const int64_t *qpos;      /* host [nqb]: first query position of each q-block              */
+} sr_lists_args;
+
+typedef struct sr_dev_lists {
+  const int64_t *row_ptr;   /* backend [nsrc][rows + 1], each source's counted from 0        */
+  const int32_t *slot;      /* backend: every source's entries, source after source          */
+  const int64_t *kpos;
+  int64_t *nnz;             /* host [nsrc], the caller's array: entries per source           */
+  int64_t *off;             /* host [nsrc], the caller's array: first entry of each source   */
+  uint64_t pairs;           /* visible (q, k) pairs over all entries (sr_block_pairs)        */
+} sr_dev_lists;
 
 /* ---- Decode (one new token per sequence; docs/DESIGN.md "Decode") ----
  * The KV cache of a rank is a pool of segments, one per (sequence b, kv-head g): segment
@@ -114,6 +143,13 @@ typedef struct sr_backend {
   /* Partial attention of the listed blocks (a flash-attention forward with online softmax).
    * Output is the exact softmax-weighted mean over the visible keys of the listed slots. */
   sr_status (*attn_fwd)(const sr_attn_args *a);
+  /* Optional (NULL: the runtime builds the lists on the host). Builds the per-source lists
+   * of a block selection in backend memory (sr_lists_args above); they stay valid until the
+   * next attn_lists call. Waits for the build (one small download). */
+  sr_status (*attn_lists)(const sr_lists_args *a, sr_dev_lists *out);
+  /* Optional: device time (seconds, CUDA events) of the attn_lists builds and of the
+   * attn_fwd kernels completed since the last call; resets. Waits for pending work. */
+  sr_status (*event_times)(double *lists_s, double *kernel_s);
   /* Log-sum-exp merge: (acc_out, acc_lse) <- merge((acc_out, acc_lse), (part_out, part_lse))
    * for `rows` rows of d values. Rows whose lse is -INFINITY contribute nothing; a row with
    * both -INFINITY stays (0, -INFINITY). */

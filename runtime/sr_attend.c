@@ -34,7 +34,7 @@ int64_t sr_block_pairs(int64_t qpos, int bq, int64_t kpos, int bk) {
 }
 
 void sr_attend_free(sr_attend *a) {
-  if (a->row_ptr)
+  if (a->row_ptr && !a->dev_lists)
     for (int s = 0; s < a->nsrc; s++) {
       sr__free(a->row_ptr[s]);
       sr__free(a->slot[s]);
@@ -153,6 +153,32 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   owner = malloc((size_t)p->nkb_global * sizeof *owner);
   if (!owner) goto nomem;
   for (int64_t j = 0; j < p->nkb_global; j++) owner[j] = sr_plan_kblock_owner(p, j, NULL);
+
+  /* Whole blocks only, and a backend that builds the lists itself: hand it the selection. */
+  if (!cols && be->attn_lists && P <= SR_LISTS_MAX_SRC) {
+    int64_t off[SR_LISTS_MAX_SRC];
+    const sr_lists_args la = {.q_heads = p->q_heads, .group = p->group,
+                              .nqb = (int)p->nqb_local, .bq = p->bq, .bk = p->bk, .nsrc = P,
+                              .kv_heads = p->kv_heads, .nkb = p->nkb_global,
+                              .row_ptr = sel->row_ptr, .col = sel->all_causal ? NULL : sel->col,
+                              .owner = owner, .slot_of = x->slot_of, .qpos = a->qpos};
+    sr_dev_lists dl = {.nnz = a->nnz, .off = off};
+    sr_status st = be->attn_lists(&la, &dl);
+    free(owner);
+    if (st != SR_OK) {
+      sr_attend_free(a);
+      return st;
+    }
+    a->dev_lists = 1;
+    for (int s = 0; s < P; s++) {
+      a->row_ptr[s] = (int64_t *)dl.row_ptr + (size_t)s * (size_t)(rows + 1);
+      a->slot[s] = (int32_t *)dl.slot + off[s];
+      a->kpos[s] = (int64_t *)dl.kpos + off[s];
+    }
+    a->pairs_computed = dl.pairs;
+    sr__prof("attend: work lists (device)", tp);
+    goto part;
+  }
 
   if (cols) {
     /* The unions: mark the head's columns, listing each the first time it is seen; sort the
@@ -327,6 +353,7 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   if (oom) goto nomem;
   a->pairs_computed = pairs;
   sr__prof("attend: work lists", tp);
+part:
   if (P > 1) {
     size_t nrow = (size_t)p->q_heads * (size_t)p->n_local;
     if (be->alloc(nrow * (size_t)p->d * sizeof(float), (void **)&a->part_out) != SR_OK ||
@@ -374,6 +401,8 @@ sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void
       .scale = a->scale,
       .out = local ? a->out : a->part_out,
       .lse = local ? a->lse : a->part_lse,
+      .lists_dev = a->dev_lists,
+      .nnz = a->nnz[src],
   };
   SR_TRY(a->be->attn_fwd(&args));
   if (!local)

@@ -27,10 +27,14 @@ typedef struct sr_attend {
   float *part_out, *part_lse; /* backend scratch for non-local sources */
   float scale;
   uint64_t pairs_computed;    /* visible (q, k) pairs over all sources, this rank */
+  int dev_lists;              /* 1: row_ptr/slot/kpos are backend memory (attn_lists), owned
+                                 by the backend; 0: host arrays owned here */
 } sr_attend;
 
 /* Splits the selection by source rank, mapping blocks to slots with x->slot_of. out/lse are
- * the caller's accumulators (written entirely by the local step). */
+ * the caller's accumulators (written entirely by the local step). Where the backend has
+ * attn_lists and the selection has whole blocks only, the lists are built in backend memory
+ * (valid until the next sr_attend_init); otherwise on the host. */
 sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const void *q,
                          const sr_selection *sel, const sr_xplan *x, float *out, float *lse);
 void sr_attend_free(sr_attend *a);

@@ -161,6 +161,17 @@ void sr_report_print(const sr_config *cfg, const sr_run_result *res, FILE *f) {
   fprintf(f, "# attention (exchange + compute, max over ranks): %.3f s, %.2f GFLOP/s effective, %.2f GFLOP/s "
              "sparse-aware\n",
           ct, ct > 0 ? s.flops_eff / ct / 1e9 : 0, ct > 0 ? s.flops_sparse / ct / 1e9 : 0);
+  double dl = 0, dk = 0;
+  int dn = 0;
+  for (int l = 0; l < res->layers; l++)
+    if (res->layer[l].dev_timed && !res->layer[l].decode) {
+      dl += res->layer[l].dev_lists_s;
+      dk += res->layer[l].dev_kernel_s;
+      dn++;
+    }
+  if (dn > 0)
+    fprintf(f, "# device time (CUDA events, max over ranks): work lists %.4f s, attention kernels "
+               "%.4f s = %.3f of the attention time\n", dl, dk, ct > 0 ? dk / ct : 0.0);
   {
     /* The paper's cost model (sr_cost.h) for this run's shapes: score FLOPs of one layer, dense
      * over the causal triangle, and of all layers at each layer's paper-formula sparsity. */
@@ -217,6 +228,11 @@ static cJSON *layer_json(const sr_layer_result *r, int l) {
   cJSON_AddNumberToObject(o, "sparsity_measured", r->sparsity_measured);
   cJSON_AddNumberToObject(o, "pairs_computed", (double)r->pairs_computed);
   cJSON_AddNumberToObject(o, "pairs_causal", (double)r->pairs_causal);
+  if (r->dev_timed) { /* CUDA events: the device's share of the attention time */
+    cJSON *dv = cJSON_AddObjectToObject(o, "device_s");
+    cJSON_AddNumberToObject(dv, "lists", r->dev_lists_s);
+    cJSON_AddNumberToObject(dv, "kernels", r->dev_kernel_s);
+  }
   double ct = r->t[SR_PH_ATTENTION];
   cJSON_AddNumberToObject(o, "gflops_effective", ct > 0 ? r->flops_effective / ct / 1e9 : 0);
   cJSON_AddNumberToObject(o, "gflops_sparse_aware", ct > 0 ? r->flops_sparse / ct / 1e9 : 0);

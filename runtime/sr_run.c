@@ -285,6 +285,9 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
   r->t[SR_PH_SELECT] = sr__now() - t0;
 
   /* exchange plan + ring */
+  if (be->event_times) st = be->event_times(NULL, NULL); /* device times from here on */
+  st = sr_comm_agree(w->comm, st);
+  if (st != SR_OK) goto done;
   t0 = sr__now();
   st = sr_xplan_build(&s.x, p, &s.sel, cfg->exchange, w->comm);
   sr__prof("exchange plan", t0);
@@ -308,6 +311,11 @@ static sr_status run_layer(const sr_config *cfg, const sr_world *w, const sr_pla
     for (size_t i = 0; i < (size_t)p->n_local * (size_t)p->d; i++) s.out_h[i] *= 1.5f;
   st = sr_comm_agree(w->comm, st);
   if (st != SR_OK) goto done;
+  if (be->event_times) {
+    r->dev_timed = 1;
+    st = sr_comm_agree(w->comm, be->event_times(&r->dev_lists_s, &r->dev_kernel_s));
+    if (st != SR_OK) goto done;
+  }
   r->t[SR_PH_EXCHANGE] = plan_s + rt.exchange_s;
   r->t[SR_PH_COMPUTE] = rt.compute_s;
   r->t[SR_PH_ATTENTION] = plan_s + rt.exchange_s + rt.compute_s;
@@ -581,6 +589,8 @@ static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
   SR_MPI(MPI_Reduce(&r->paper_pairs, &pp, 1, MPI_DOUBLE, MPI_SUM, 0, w->comm));
   uint64_t bmax = 0;
   SR_MPI(MPI_Reduce(&r->bytes_recv_max, &bmax, 1, MPI_UINT64_T, MPI_MAX, 0, w->comm));
+  double dev[2] = {r->dev_lists_s, r->dev_kernel_s}, devmax[2];
+  SR_MPI(MPI_Reduce(dev, devmax, 2, MPI_DOUBLE, MPI_MAX, 0, w->comm));
   if (w->rank == 0) {
     memcpy(r->t, tmax, sizeof tmax);
     r->bytes_sent = tot[0];
@@ -592,6 +602,8 @@ static sr_status reduce_layer(const sr_world *w, sr_layer_result *r) {
     r->columns_fetched = tot[6];
     r->paper_pairs = pp;
     r->bytes_recv_max = bmax;
+    r->dev_lists_s = devmax[0];
+    r->dev_kernel_s = devmax[1];
   }
   return SR_OK;
 }
@@ -640,6 +652,7 @@ static sr_status write_layer(const sr_config *fcfg, const sr_world *w, const sr_
   memcpy(saved_min, r->t_min, sizeof saved_min);
   memcpy(saved_avg, r->t_avg, sizeof saved_avg);
   if (fixed_times()) {
+    r->dev_lists_s = r->dev_kernel_s = 0;
     memset(r->t, 0, sizeof r->t);
     memset(r->t_min, 0, sizeof r->t_min);
     memset(r->t_avg, 0, sizeof r->t_avg);

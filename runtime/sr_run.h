@@ -39,6 +39,9 @@ typedef struct sr_layer_result {
   double sparsity_measured;     /* 1 - pairs_computed / pairs_causal                         */
   double flops_effective;       /* 4 d pairs_causal (dense-equivalent)                       */
   double flops_sparse;          /* 4 d pairs_computed                                        */
+  int dev_timed;                /* 1: the two device times below were measured               */
+  double dev_lists_s, dev_kernel_s; /* device time (CUDA events) of the work-list builds and
+                                       the attention kernels, max over ranks                   */
   /* quality (verify.rows != 0): per q-head then summarised */
   int verified;
   int64_t rows_checked;

@@ -8,3 +8,7 @@ set_tests_properties(test_gpu_backend PROPERTIES RESOURCE_LOCK gpu)
 # with the time of decode_fwd at 128K tokens printed; skipped (77) without a usable device.
 sr_unit_test(test_gpu_decode SOURCES test_gpu_decode.c LABELS gpu TIMEOUT 300)
 set_tests_properties(test_gpu_decode PROPERTIES RESOURCE_LOCK gpu)
+# Work lists built on the device (attn_lists) against a host split, and attention on them
+# bit-identical to attention on host lists (test_gpu_lists.c); skipped (77) without a device.
+sr_unit_test(test_gpu_lists SOURCES test_gpu_lists.c LABELS gpu TIMEOUT 300)
+set_tests_properties(test_gpu_lists PROPERTIES RESOURCE_LOCK gpu)

@@ -8,7 +8,8 @@
  * v5, 2 stages, elsewhere) when this build holds sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a)
  * and the device is a Hopper, else the mma.sync kernel (v3); any other shape runs the generic
  * kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
- * compute stream. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
+ * compute stream. Lists built on the device by attn_lists (lists_dev) are used where they
+ * are; host lists are uploaded first. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
  * the choice does not depend on them; colrow travels with the other CSR lists.
  */
 #include "sr_attn_kernels.cuh"
@@ -109,7 +110,8 @@ static sr_status attn_check(const sr_attn_args *a) {
 sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
   SR_TRY(attn_check(a));
   if (a->nq == 0 || a->nqb == 0) return SR_OK;
-  const int64_t rows = (int64_t)a->q_heads * a->nqb, nnz = a->row_ptr[rows];
+  const int64_t rows = (int64_t)a->q_heads * a->nqb;
+  const int64_t nnz = a->lists_dev ? a->nnz : a->row_ptr[rows];
 
   const attn_cfg *cfg = find_cfg(a->bq, a->bk, a->d);
   int kernel = attn_forced;
@@ -149,11 +151,19 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
       {a->slot, (size_t)nnz * sizeof(int32_t), (void **)&dv.slot},
       {a->colrow, ncol * sizeof(int32_t), (void **)&dv.colrow},
   };
-  SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, ncol ? 5 : 4));
+  if (a->lists_dev) { /* built by attn_lists: already on the device */
+    dv.row_ptr = a->row_ptr;
+    dv.kpos = a->kpos;
+    dv.slot = a->slot;
+    SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, 1));
+  } else {
+    SR_TRY(sr__cuda_upload(SR_SCRATCH_ATTN, pc, ncol ? 5 : 4));
+  }
 
   cudaStream_t st = sr__cuda_compute_stream();
   const unsigned grid = (unsigned)rows;
   if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[0], st));
+  SR_TRY(sr__cuda_ev_mark(SR_EV_ATTN, 0));
   switch (kernel) {
   case SR_CUDA_ATTN_WGMMA:
     cfg->wgmma<<<grid, cfg->bq * 2, cfg->wgmma_smem, st>>>(dv);
@@ -166,6 +176,7 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
     break;
   }
   SR_CUDA_LAUNCHED("attn_fwd");
+  SR_TRY(sr__cuda_ev_mark(SR_EV_ATTN, 1));
   if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[1], st));
   attn_timed = attn_timing;
   attn_last = kernel;

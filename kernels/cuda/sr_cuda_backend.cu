@@ -982,6 +982,8 @@ extern "C" const sr_backend *sr_backend_cuda(int local_rank) {
   t->gather = cuda_gather;
   t->sync = cuda_sync;
   t->attn_fwd = sr__cuda_attn_fwd;
+  t->attn_lists = sr__cuda_attn_lists;
+  t->event_times = sr__cuda_event_times;
   t->merge = cuda_merge;
   t->pool_mean = cuda_pool_mean;
   t->block_scores = cuda_block_scores;

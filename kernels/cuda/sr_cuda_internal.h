@@ -30,6 +30,9 @@ enum {
   SR_SCRATCH_EST_OUT,  /* estimate ops: device sums (int64) and maxima on their way back */
   SR_SCRATCH_DECODE,   /* decode_fwd: the split partials (m, s, acc) */
   SR_SCRATCH_DECODE_UP, /* upload: staged bytes on their way to the caller's buffer */
+  SR_SCRATCH_LISTS_IN, /* attn_lists: the uploaded selection, owners, slots, q positions */
+  SR_SCRATCH_LISTS,    /* attn_lists: the lists built (live until the next build) */
+  SR_SCRATCH_LISTS_TMP, /* attn_lists: the scan's temporary storage */
   SR_SCRATCH_N
 };
 
@@ -65,6 +68,13 @@ sr_status sr__cuda_est_colmax(const float *L, int W, int64_t nk, const float *gm
                               const float *inv_host, int round_bf16, float *colmax_host);
 sr_status sr__cuda_upload_bytes(void *dst, const void *src_host, size_t bytes);
 sr_status sr__cuda_download_bytes(void *dst_host, const void *src, size_t bytes);
+
+/* attn_lists and event_times (sr_cuda_lists.cu). sr__cuda_ev_mark records the begin (end 0)
+ * or the end (end 1) of a device interval of one kind on the compute stream. */
+enum { SR_EV_LISTS = 0, SR_EV_ATTN = 1 };
+sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out);
+sr_status sr__cuda_event_times(double *lists_s, double *kernel_s);
+sr_status sr__cuda_ev_mark(int kind, int end);
 
 /* Checks the launch that was just made. */
 #define SR_CUDA_LAUNCHED(what) SR_TRY(sr__cuda_check(cudaGetLastError(), (what), __FILE__, __LINE__))

@@ -19,9 +19,11 @@ sr_status sr_select_dense(const sr_plan *p, sr_selection *sel) {
     return sr__seterr(SR_ERR_NOMEM, "out of memory for the dense selection (%lld blocks)",
                       (long long)sel->nnz);
   }
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; r++)
     for (int64_t e = sel->row_ptr[r]; e < sel->row_ptr[r + 1]; e++)
       sel->col[e] = (int32_t)(e - sel->row_ptr[r]);
+  sel->all_causal = 1; /* lets a backend build the work lists without the columns */
   return SR_OK;
 }
 
