@@ -75,6 +75,8 @@ typedef struct sr_lists_args {
   int64_t nkb;              /* key blocks of the whole sequence                            */
   const int64_t *row_ptr;   /* host [q_heads*nqb + 1]: the selection                       */
   const int32_t *col;       /* host [nnz] global key-block ids, or NULL (every causal block) */
+  const int32_t *col_dev;   /* backend [nnz]: the same ids already in backend memory (used
+                               instead of col when not NULL)                                  */
   const int32_t *owner;     /* host [nkb]: source of each key block, 0 <= owner < nsrc       */
   const int32_t *slot_of;   /* host [kv_heads * nkb]: slot of each (kv-head, block)          */
   const int64_t *qpos;      /* host [nqb]: first query position of each q-block              */
@@ -169,9 +171,11 @@ typedef struct sr_backend {
    * row stride ld), the candidates are s[i][0..causal[i]) with entries 0, causal[i]-1 and
    * causal[i]-2 forced to +inf; the keep[i] best (ties: lower index) are written ascending to
    * idx_host[i*K ...]. causal, keep: host arrays of `rows`; keep[i] <= min(causal[i], K).
-   * May overwrite s. */
+   * csr (backend memory, may be NULL): the same kept ids also written rows back to back (row i
+   * at csr + keep[0] + ... + keep[i-1]), a slice of the selection's CSR that stays with the
+   * backend. May overwrite s. */
   sr_status (*topk_rows)(float *s, int64_t rows, int64_t ld, const int64_t *causal_host,
-                         const int32_t *keep_host, int K, int32_t *idx_host);
+                         const int32_t *keep_host, int K, int32_t *idx_host, int32_t *csr);
 
   /* ---- Vertical-Slash / FlexPrefill estimate (docs/METHODS.md §2.1-2.2) ----
    * One q-head at a time: the W window queries (the last W of the sequence, global positions

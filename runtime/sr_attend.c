@@ -161,6 +161,7 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
                               .nqb = (int)p->nqb_local, .bq = p->bq, .bk = p->bk, .nsrc = P,
                               .kv_heads = p->kv_heads, .nkb = p->nkb_global,
                               .row_ptr = sel->row_ptr, .col = sel->all_causal ? NULL : sel->col,
+                              .col_dev = sel->all_causal ? NULL : sel->col_dev,
                               .owner = owner, .slot_of = x->slot_of, .qpos = a->qpos};
     sr_dev_lists dl = {.nnz = a->nnz, .off = off};
     sr_status st = be->attn_lists(&la, &dl);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 void sr_selection_free(sr_selection *sel) {
+  if (sel->col_be && sel->col_be->free) sel->col_be->free(sel->col_dev);
   sr__free(sel->row_ptr);
   sr__free(sel->col);
   sr__free(sel->vrow_ptr);

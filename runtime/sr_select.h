@@ -21,6 +21,9 @@ typedef struct sr_selection {
   int64_t nnz;
   int top_chunks;     /* budget K actually used (block_sparse), 0 for dense */
   int all_causal;     /* 1: every causal block, col[e] = e - row_ptr[r] (dense)  */
+  int32_t *col_dev;   /* [nnz] or NULL: col in backend memory too (Block-Sparse on a backend
+                         with attn_lists), freed with col_be */
+  const struct sr_backend *col_be;
   /* Key columns (vertical_slash, flexprefill), a second CSR over the same rows; NULL/0 for
    * methods that select whole blocks only. Every column of row (h, m) is a global key
    * position before the q-block's first query and outside every block of the row, in

@@ -896,8 +896,24 @@ static void test_topk_rows(void **state) {
   memcpy(s2, s, rows * ld * 4);
   float *ds = dcopy(s2, rows * ld);
   for (int64_t i = 0; i < rows * K; i++) ri[i] = gi[i] = -7;
-  check(sr_backend_cpu()->topk_rows(s, rows, ld, causal, keep, K, ri), "cpu topk_rows");
-  check(gpu->topk_rows(ds, rows, ld, causal, keep, K, gi), "topk_rows");
+  /* The CSR copy too: the kept ids back to back, in backend memory on the GPU. */
+  int64_t nkept = 0;
+  for (int64_t i = 0; i < rows; i++) nkept += keep[i];
+  int32_t *rc = xmalloc((size_t)(nkept + 1) * 4), *gc = xmalloc((size_t)(nkept + 1) * 4);
+  int32_t *dc = dalloc((size_t)(nkept + 1) * 4);
+  for (int64_t i = 0; i <= nkept; i++) rc[i] = gc[i] = -9;
+  check(gpu->upload(dc, gc, (size_t)(nkept + 1) * 4), "poison csr");
+  check(sr_backend_cpu()->topk_rows(s, rows, ld, causal, keep, K, ri, rc), "cpu topk_rows");
+  check(gpu->topk_rows(ds, rows, ld, causal, keep, K, gi, dc), "topk_rows");
+  check(gpu->download(gc, dc, (size_t)(nkept + 1) * 4), "csr");
+  for (int64_t i = 0, at = 0; i < rows; at += keep[i], i++)
+    for (int64_t j = 0; j < keep[i]; j++)
+      if (gc[at + j] != ri[i * K + j] || rc[at + j] != ri[i * K + j])
+        fail_msg("topk_rows csr: row %lld id %lld: gpu %d cpu %d, expected %d", (long long)i,
+                 (long long)j, (int)gc[at + j], (int)rc[at + j], (int)ri[i * K + j]);
+  if (gc[nkept] != -9 || rc[nkept] != -9) fail_msg("topk_rows csr: wrote past its rows");
+  gpu->free(dc);
+  free(rc), free(gc);
   for (int64_t i = 0; i < rows; i++)
     for (int64_t j = 0; j < K; j++)
       if (ri[i * K + j] != gi[i * K + j])

@@ -157,6 +157,24 @@ static void lists_case(const sel_case *c) {
                g_slot[e], (long long)g_kpos[e], slot[e], (long long)kpos[e]);
   if (dl.pairs != pairs)
     fail_msg("pairs %llu, expected %llu", (unsigned long long)dl.pairs, (unsigned long long)pairs);
+  /* The same ids from backend memory (col_dev: a Block-Sparse selection kept on the device). */
+  if (!c->dense && nnz > 0) {
+    void *dcol = NULL;
+    check(gpu->alloc((size_t)nnz * sizeof(int32_t), &dcol), "alloc col");
+    check(gpu->upload(dcol, w.col, (size_t)nnz * sizeof(int32_t)), "upload col");
+    sr_lists_args lb = la;
+    lb.col = NULL;
+    lb.col_dev = dcol;
+    check(gpu->attn_lists(&lb, &dl), "attn_lists (col_dev)");
+    memset(g_slot, 0xa5, (size_t)(nnz + 1) * sizeof(int32_t));
+    memset(g_kpos, 0xa5, (size_t)(nnz + 1) * sizeof(int64_t));
+    check(gpu->download(g_slot, dl.slot, (size_t)nnz * sizeof(int32_t)), "slot");
+    check(gpu->download(g_kpos, dl.kpos, (size_t)nnz * sizeof(int64_t)), "kpos");
+    if (memcmp(g_slot, slot, (size_t)nnz * sizeof(int32_t)) ||
+        memcmp(g_kpos, kpos, (size_t)nnz * sizeof(int64_t)) || dl.pairs != pairs)
+      fail_msg("lists from col_dev differ from the host split (%d sources)", P);
+    gpu->free(dcol);
+  }
   free(rp), free(slot), free(kpos), free(g_rp), free(g_slot), free(g_kpos);
   sel_free(&w);
 }

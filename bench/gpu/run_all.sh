@@ -8,7 +8,8 @@
 #
 # Runs sr_bench_gpu (ours; writes the masks), then peers.py (SDPA flash / cuDNN, FlexAttention
 # on the same masks), then report.py, which merges both into OUT_JSON (default
-# bench/results/gpu_kernels.json) and prints the table with the ratios. N and sparsities may
+# bench/results/gpu_kernels.json) and prints the table with the ratios; then (unless
+# SR_BENCH_RUNTIME=0) runtime_vs_kernel.sh, whose rows and goal join the same record. N and sparsities may
 # be narrowed with sr_bench_gpu's options (--n 32768 --sparsity 0,0.9); peers follow --n.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -33,3 +34,16 @@ PYTHONUNBUFFERED=1 python3 "$here/peers.py" --n "$ns" --masks "$masks" --json "$
 rm -rf "$masks"
 python3 "$here/report.py" "$work/ours.json" "$work/peers.json" "$out" --mask-block 128 \
   ${nvcc_ver:+--nvcc "$nvcc_ver"}
+# The runtime against its own kernels (runtime_vs_kernel.sh), merged into the same record.
+if [[ ${SR_BENCH_RUNTIME:-1} != 0 ]]; then
+  "$here/runtime_vs_kernel.sh" "$build" "$work/runtime.json"
+  python3 - "$out" "$work/runtime.json" <<'PYEOF2'
+import json, sys
+rec, rt = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+rec["runtime_vs_kernel"] = rt
+worst = min(r["ratio"] for r in rt["rows"])
+rec["goals"]["runtime_over_kernel"] = {"goal": 0.95, "worst_ratio": worst, "met": worst >= 0.95}
+json.dump(rec, open(sys.argv[1], "w"), indent=1)
+print("#   runtime_over_kernel: worst ratio %.3f vs goal 0.95 -> %s" % (worst, "met" if worst >= 0.95 else "NOT MET"))
+PYEOF2
+fi

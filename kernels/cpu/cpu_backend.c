@@ -234,7 +234,7 @@ static int cmp_i32(const void *a, const void *b) {
 
 /* Block-Sparse rows: force, select with cpu_topk, sort ascending; one row per thread. */
 static sr_status cpu_topk_rows(float *s, int64_t rows, int64_t ld, const int64_t *causal,
-                               const int32_t *keep, int K, int32_t *idx) {
+                               const int32_t *keep, int K, int32_t *idx, int32_t *csr) {
   sr_status st = SR_OK;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(team_for(rows * ld, rows))
   for (int64_t i = 0; i < rows; i++) {
@@ -252,6 +252,8 @@ static sr_status cpu_topk_rows(float *s, int64_t rows, int64_t ld, const int64_t
     }
     qsort(out, (size_t)keep[i], sizeof(int32_t), cmp_i32);
   }
+  for (int64_t i = 0, at = 0; csr && st == SR_OK && i < rows; at += keep[i], i++)
+    memcpy(csr + at, idx + i * K, (size_t)keep[i] * sizeof(int32_t));
   return st;
 }
 

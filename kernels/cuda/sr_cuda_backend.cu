@@ -20,6 +20,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define SR_STAGE_N 4 /* pinned staging slots: uploads in flight before the host waits */
@@ -456,8 +457,15 @@ static __global__ void __launch_bounds__(TK_THREADS) k_topk_rows(const float *s,
 #undef TK_KEY
 }
 
+/* Row i's first keep[i] ids of idx [rows][K] to csr + at[i] (one CTA per row). */
+static __global__ void k_rows_compact(const int32_t *idx, int K, const int32_t *keep,
+                                      const int64_t *at, int32_t *csr) {
+  const int64_t i = blockIdx.x;
+  for (int t = threadIdx.x; t < keep[i]; t += blockDim.x) csr[at[i] + t] = idx[i * K + t];
+}
+
 static sr_status cuda_topk_rows(float *s, int64_t rows, int64_t ld, const int64_t *causal,
-                                const int32_t *keep, int K, int32_t *idx) {
+                                const int32_t *keep, int K, int32_t *idx, int32_t *csr) {
   if (rows < 0 || K < 0 || ld < 1)
     return sr__seterr(SR_ERR_SHAPE, "topk_rows: bad shape rows=%lld ld=%lld K=%d",
                       (long long)rows, (long long)ld, K);
@@ -470,15 +478,28 @@ static sr_status cuda_topk_rows(float *s, int64_t rows, int64_t ld, const int64_
                         "0 <= keep (%d) <= min(causal, K=%d)",
                         (long long)i, (long long)causal[i], (long long)ld, (int)keep[i], K);
   if (K == 0) return SR_OK;
-  int64_t *dcausal = NULL;
+  int64_t *dcausal = NULL, *dat = NULL;
   int32_t *dkeep = NULL, *didx = NULL;
-  sr_cuda_piece pc[2] = {{causal, (size_t)rows * sizeof(int64_t), (void **)&dcausal},
-                         {keep, (size_t)rows * sizeof(int32_t), (void **)&dkeep}};
-  SR_TRY(sr__cuda_upload(SR_SCRATCH_TOPK, pc, 2));
+  int64_t *at = NULL; /* csr: where each row's ids start */
+  if (csr) {
+    at = (int64_t *)malloc((size_t)rows * sizeof(int64_t));
+    if (!at) return sr__seterr(SR_ERR_NOMEM, "topk_rows: out of host memory");
+    for (int64_t i = 0, a = 0; i < rows; a += keep[i], i++) at[i] = a;
+  }
+  sr_cuda_piece pc[3] = {{causal, (size_t)rows * sizeof(int64_t), (void **)&dcausal},
+                         {keep, (size_t)rows * sizeof(int32_t), (void **)&dkeep},
+                         {at, csr ? (size_t)rows * sizeof(int64_t) : 0, (void **)&dat}};
+  sr_status up = sr__cuda_upload(SR_SCRATCH_TOPK, pc, csr ? 3 : 2);
+  free(at);
+  SR_TRY(up);
   const size_t idx_bytes = (size_t)rows * (size_t)K * sizeof(int32_t);
   SR_TRY(sr__cuda_scratch(SR_SCRATCH_TOPK_IDX, idx_bytes, (void **)&didx));
   k_topk_rows<<<(unsigned)rows, TK_THREADS, 0, G.stream>>>(s, ld, dcausal, dkeep, K, didx);
   SR_CUDA_LAUNCHED("topk_rows");
+  if (csr) {
+    k_rows_compact<<<(unsigned)rows, 128, 0, G.stream>>>(didx, K, dkeep, dat, csr);
+    SR_CUDA_LAUNCHED("topk_rows: csr");
+  }
   if (G.topk_host_cap < idx_bytes) {
     SR_CUDA(cudaStreamSynchronize(G.stream));
     SR_CUDA(cudaFreeHost(G.topk_host));

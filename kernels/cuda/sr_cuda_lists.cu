@@ -197,6 +197,34 @@ static __global__ void __launch_bounds__(LW * 32) k_lists_fill(lists_dev L) {
   }
 }
 
+/* Several sources: count per (source, row), scan each source's counts into its row_ptr,
+ * then fill. */
+static sr_status split_sources(lists_dev &L, int nsrc, unsigned grid, size_t b_rp,
+                               cudaStream_t st) {
+  const int64_t ld = (int64_t)L.rows + 1;
+  if (grid > 0) {
+    k_lists_count<<<grid, LW * 32, 0, st>>>(L);
+    SR_CUDA_LAUNCHED("attn_lists: count");
+  } else {
+    SR_CUDA(cudaMemsetAsync(L.rp, 0, b_rp, st));
+  }
+  /* Inclusive scan of each source's counts (element 0 is 0) gives its row_ptr. */
+  size_t tmp_bytes = 0;
+  SR_CUDA(cub::DeviceScan::InclusiveSum(NULL, tmp_bytes, L.rp, L.rp, (int)ld, st));
+  void *tmp = NULL;
+  SR_TRY(sr__cuda_scratch(SR_SCRATCH_LISTS_TMP, tmp_bytes > 0 ? tmp_bytes : 16, &tmp));
+  for (int s = 0; s < nsrc && grid > 0; s++)
+    SR_CUDA(cub::DeviceScan::InclusiveSum(tmp, tmp_bytes, L.rp + (int64_t)s * ld,
+                                          L.rp + (int64_t)s * ld, (int)ld, st));
+  k_lists_totals<<<1, 1, 0, st>>>(L);
+  SR_CUDA_LAUNCHED("attn_lists: totals");
+  if (grid > 0) {
+    k_lists_fill<<<grid, LW * 32, 0, st>>>(L);
+    SR_CUDA_LAUNCHED("attn_lists: fill");
+  }
+  return SR_OK;
+}
+
 sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
   if (!a || !out || !a->row_ptr || !a->owner || !a->slot_of || !a->qpos || !out->nnz || !out->off)
     return sr__seterr(SR_ERR_INTERNAL, "attn_lists: NULL arguments");
@@ -222,10 +250,12 @@ sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
       {a->qpos, (size_t)a->nqb * sizeof(int64_t), (void **)&L.qpos},
       {a->owner, (size_t)a->nkb * sizeof(int32_t), (void **)&L.owner},
       {a->slot_of, (size_t)a->kv_heads * (size_t)a->nkb * sizeof(int32_t), (void **)&L.slot_of},
-      {a->col, a->col ? (size_t)nnz * sizeof(int32_t) : 0, (void **)&L.col},
+      {a->col, (size_t)nnz * sizeof(int32_t), (void **)&L.col},
   };
-  SR_TRY(sr__cuda_upload(SR_SCRATCH_LISTS_IN, in, a->col ? 5 : 4));
-  if (!a->col) L.col = NULL;
+  /* The ids: already in backend memory (col_dev), uploaded (col), or implied (dense). */
+  const int up_col = !a->col_dev && a->col;
+  SR_TRY(sr__cuda_upload(SR_SCRATCH_LISTS_IN, in, up_col ? 5 : 4));
+  if (!up_col) L.col = a->col_dev;
 
   /* Outputs: [rp][info][slot][kpos], 16-byte aligned pieces of one scratch area. */
   const size_t b_rp = ((size_t)a->nsrc * (size_t)ld * sizeof(int64_t) + 15) & ~(size_t)15;
@@ -241,25 +271,15 @@ sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
 
   cudaStream_t st = sr__cuda_compute_stream();
   const unsigned grid = (unsigned)((rows + LW - 1) / LW);
-  if (grid > 0) {
-    k_lists_count<<<grid, LW * 32, 0, st>>>(L);
-    SR_CUDA_LAUNCHED("attn_lists: count");
+  if (a->nsrc == 1) { /* one source: its row_ptr is the selection's, entries start at 0 */
+    L.rp = (int64_t *)L.sel_ptr;
+    SR_CUDA(cudaMemsetAsync(L.info, 0, b_info, st));
+    if (grid > 0) {
+      k_lists_fill<<<grid, LW * 32, 0, st>>>(L);
+      SR_CUDA_LAUNCHED("attn_lists: fill");
+    }
   } else {
-    SR_CUDA(cudaMemsetAsync(L.rp, 0, b_rp, st));
-  }
-  /* Inclusive scan of each source's counts (element 0 is 0) gives its row_ptr. */
-  size_t tmp_bytes = 0;
-  SR_CUDA(cub::DeviceScan::InclusiveSum(NULL, tmp_bytes, L.rp, L.rp, (int)ld, st));
-  void *tmp = NULL;
-  SR_TRY(sr__cuda_scratch(SR_SCRATCH_LISTS_TMP, tmp_bytes > 0 ? tmp_bytes : 16, &tmp));
-  for (int s = 0; s < a->nsrc && grid > 0; s++)
-    SR_CUDA(cub::DeviceScan::InclusiveSum(tmp, tmp_bytes, L.rp + (int64_t)s * ld,
-                                          L.rp + (int64_t)s * ld, (int)ld, st));
-  k_lists_totals<<<1, 1, 0, st>>>(L);
-  SR_CUDA_LAUNCHED("attn_lists: totals");
-  if (grid > 0) {
-    k_lists_fill<<<grid, LW * 32, 0, st>>>(L);
-    SR_CUDA_LAUNCHED("attn_lists: fill");
+    SR_TRY(split_sources(L, a->nsrc, grid, b_rp, st));
   }
   SR_TRY(sr__cuda_ev_mark(SR_EV_LISTS, 1));
   int64_t info[2 * MAX_SRC + 2];
@@ -268,6 +288,7 @@ sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
   SR_CUDA(cudaStreamSynchronize(st));
   if (info[2 * a->nsrc + 1])
     return sr__seterr(SR_ERR_INTERNAL, "attn_lists: a selected key block is out of range");
+  if (a->nsrc == 1) info[0] = nnz, info[1] = 0; /* not counted on the device */
   int64_t sum = 0;
   for (int s = 0; s < a->nsrc; s++) {
     out->nnz[s] = info[s];

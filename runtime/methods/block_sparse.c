@@ -80,6 +80,13 @@ sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const v
       (st = be->copy_in(kmean, sum->kmean, kfl)) != SR_OK ||
       (st = be->pool_mean(q, p->q_heads, p->n_local, p->d, p->bq, qmean)) != SR_OK)
     goto done;
+  /* A backend that builds work lists itself also keeps the ids: no upload of them later. */
+  if (be->attn_lists) {
+    if ((st = be->alloc((size_t)(sel->nnz > 0 ? sel->nnz : 1) * sizeof(int32_t),
+                        (void **)&sel->col_dev)) != SR_OK)
+      goto done;
+    sel->col_be = be;
+  }
   for (int h = 0; h < p->q_heads && st == SR_OK; h++) {
     const float *kb = kmean + (size_t)(h / p->group) * (size_t)nkb * (size_t)p->d;
     for (int64_t m0 = 0; m0 < nqb && st == SR_OK; m0 += tile) {
@@ -91,7 +98,9 @@ sr_status sr_select_block_sparse(const sr_plan *p, const sr_backend *be, const v
         keep[i] = (int32_t)(sel->row_ptr[r + 1] - sel->row_ptr[r]);
       }
       st = be->block_scores(qmean + ((size_t)h * nqb + m0) * p->d, nt, kb, nkb, p->d, scores);
-      if (st == SR_OK) st = be->topk_rows(scores, nt, nkb, causal, keep, (int)K, idx);
+      if (st == SR_OK)
+        st = be->topk_rows(scores, nt, nkb, causal, keep, (int)K, idx,
+                           sel->col_dev ? sel->col_dev + sel->row_ptr[h * nqb + m0] : NULL);
       for (int64_t i = 0; i < nt && st == SR_OK; i++)
         memcpy(sel->col + sel->row_ptr[h * nqb + m0 + i], idx + (size_t)i * K,
                (size_t)keep[i] * sizeof(int32_t));
