@@ -23,6 +23,37 @@ foreach(mode selected dense_ring)
     set_tests_properties(e2e_${mode}_agree_np${np} PROPERTIES FIXTURES_REQUIRED e2e_${mode} LABELS e2e)
   endforeach()
 endforeach()
+# The runtime's device-list path (work lists made by the backend's attn_lists; what a CUDA run
+# takes) on CPU ranks: SR_CPU_ATTN_LISTS=1 gives the CPU backend a host attn_lists. Same
+# entries in the same order as the host split, so the files must be identical (tolerance 0):
+# Block-Sparse (ids kept by topk_rows) in both modes on 1..4 ranks, and dense (row pointers
+# only) on 2 and 4.
+foreach(mode selected dense_ring)
+  foreach(np 1 2 3 4)
+    sr_mpi_test(e2e_lists_${mode}_np${np} NP ${np}
+                COMMAND $<TARGET_FILE:sparsering_cli> ${SR_E2E_ARGS} --set exchange=${mode}
+                        -o ${SR_E2E_DIR}/lists_${mode}_np${np}.h5 LABELS e2e)
+    set_tests_properties(e2e_lists_${mode}_np${np} PROPERTIES FIXTURES_SETUP e2e_lists_${mode}
+                         ENVIRONMENT "${SR_MPI_ENV};SR_CPU_ATTN_LISTS=1")
+    add_test(NAME e2e_lists_${mode}_same_np${np}
+             COMMAND h5cmp ${SR_E2E_DIR}/${mode}_np${np}.h5 ${SR_E2E_DIR}/lists_${mode}_np${np}.h5 2 0)
+    set_tests_properties(e2e_lists_${mode}_same_np${np} PROPERTIES
+                         FIXTURES_REQUIRED "e2e_${mode};e2e_lists_${mode}" LABELS e2e)
+  endforeach()
+endforeach()
+foreach(np 2 4)
+  foreach(lists 0 1)
+    sr_mpi_test(e2e_lists_dense_np${np}_${lists} NP ${np}
+                COMMAND $<TARGET_FILE:sparsering_cli> ${SR_E2E_ARGS} --set attention.method=dense
+                        -o ${SR_E2E_DIR}/lists_dense_np${np}_${lists}.h5 LABELS e2e)
+    set_tests_properties(e2e_lists_dense_np${np}_${lists} PROPERTIES FIXTURES_SETUP e2e_lists_dense
+                         ENVIRONMENT "${SR_MPI_ENV};SR_CPU_ATTN_LISTS=${lists}")
+  endforeach()
+  add_test(NAME e2e_lists_dense_same_np${np}
+           COMMAND h5cmp ${SR_E2E_DIR}/lists_dense_np${np}_0.h5 ${SR_E2E_DIR}/lists_dense_np${np}_1.h5 2 0)
+  set_tests_properties(e2e_lists_dense_same_np${np} PROPERTIES FIXTURES_REQUIRED e2e_lists_dense
+                       LABELS e2e)
+endforeach()
 add_test(NAME e2e_modes_agree COMMAND h5cmp ${SR_E2E_DIR}/selected_np3.h5 ${SR_E2E_DIR}/dense_ring_np3.h5 2 1e-6)
 set_tests_properties(e2e_modes_agree PROPERTIES FIXTURES_REQUIRED "e2e_selected;e2e_dense_ring" LABELS e2e)
 

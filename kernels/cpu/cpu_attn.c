@@ -332,8 +332,6 @@ static void merge_piece(const sr_attn_args *a, int h, int64_t mb, int mmax, int 
 sr_status sr__cpu_attn_fwd(const sr_attn_args *a) {
   SR_TRY(sr__attn_args_check(a));
   if (a->nq == 0 || a->nqb == 0) return SR_OK;
-  if (a->lists_dev) /* this backend has no attn_lists: such lists cannot come from it */
-    return sr__seterr(SR_ERR_INTERNAL, "attn_fwd: the cpu backend takes host work lists only");
   const int64_t rows = (int64_t)a->q_heads * a->nqb;
   const int64_t bqp = sr__cpu_lanes_up(a->bq);
   const int mmax = bqp >= SR_CPU_MERGE_LANES ? 1 : (int)(SR_CPU_MERGE_LANES / bqp);

@@ -11,6 +11,7 @@
 
 #include <omp.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* 0 = OpenMP default. Set once at start-up, before the kernels run (not synchronised). */
 static int sr__cpu_nthreads = 0;
@@ -287,4 +288,15 @@ static const sr_backend sr__cpu_backend = {
     .download = sr__cpu_copy_bytes,
 };
 
-const sr_backend *sr_backend_cpu(void) { return &sr__cpu_backend; }
+/* SR_CPU_ATTN_LISTS=1 (a test hook, docs/DESIGN.md "Device work lists"): the same table with
+ * attn_lists (cpu_lists.c), so that CPU ranks take the runtime's device-list path. */
+const sr_backend *sr_backend_cpu(void) {
+  static sr_backend with_lists;
+  const char *e = getenv("SR_CPU_ATTN_LISTS");
+  if (!e || !*e || strcmp(e, "0") == 0) return &sr__cpu_backend;
+  if (!with_lists.attn_lists) {
+    with_lists = sr__cpu_backend;
+    with_lists.attn_lists = sr__cpu_attn_lists;
+  }
+  return &with_lists;
+}

@@ -36,6 +36,8 @@ int sr__cpu_threads(void);
 
 /* The attn_fwd entry of the table (cpu_attn.c). */
 sr_status sr__cpu_attn_fwd(const sr_attn_args *a);
+/* attn_lists on the host (cpu_lists.c; in the table only with SR_CPU_ATTN_LISTS=1). */
+sr_status sr__cpu_attn_lists(const sr_lists_args *a, sr_dev_lists *out);
 /* The estimate entries of the table (cpu_estimate.c). */
 sr_status sr__cpu_est_scores(const float *qw, int W, int64_t qpos0, const void *k, int64_t nk,
                              const int64_t *run_start, int64_t run_len, int d, float scale,
