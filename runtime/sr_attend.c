@@ -8,6 +8,7 @@
  */
 #include "sr_attend.h"
 #include "sr_internal.h"
+#include "sr_pairs.h"
 
 static int cmp_i32(const void *a, const void *b) {
   const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
@@ -22,15 +23,8 @@ static int cmp_i32(const void *a, const void *b) {
 #include <stdlib.h>
 #include <string.h>
 
-/* Row i of the q-block sees min(max(a0 + i, 0), bk) keys of the k-block, a0 = qpos - kpos + 1:
- * none for i < i_lo, a0 + i for i_lo <= i < i_full, all bk from i_full on. */
 int64_t sr_block_pairs(int64_t qpos, int bq, int64_t kpos, int bk) {
-  const int64_t a0 = qpos - kpos + 1;
-  int64_t i_lo = 1 - a0, i_full = bk - a0;
-  i_lo = i_lo < 0 ? 0 : i_lo > bq ? bq : i_lo;
-  i_full = i_full < i_lo ? i_lo : i_full > bq ? bq : i_full;
-  const int64_t n = i_full - i_lo;
-  return n * a0 + (i_lo + i_full - 1) * n / 2 + (int64_t)bk * (bq - i_full);
+  return sr_pairs_of_blocks(qpos, bq, kpos, bk);
 }
 
 void sr_attend_free(sr_attend *a) {

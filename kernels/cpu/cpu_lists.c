@@ -12,6 +12,7 @@
  */
 #include "cpu_internal.h"
 #include "sr_internal.h"
+#include "sr_pairs.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -22,15 +23,6 @@ static struct {
   int32_t *slot;
   size_t rp_cap, kpos_cap, slot_cap;
 } L;
-
-static int64_t pairs_of(int64_t qpos, int bq, int64_t kpos, int bk) {
-  const int64_t a0 = qpos - kpos + 1;
-  int64_t i_lo = 1 - a0, i_full = bk - a0;
-  i_lo = i_lo < 0 ? 0 : i_lo > bq ? bq : i_lo;
-  i_full = i_full < i_lo ? i_lo : i_full > bq ? bq : i_full;
-  const int64_t n = i_full - i_lo;
-  return n * a0 + (i_lo + i_full - 1) * n / 2 + (int64_t)bk * (bq - i_full);
-}
 
 static int grow(void **p, size_t *cap, size_t bytes) {
   if (*cap >= bytes) return 1;
@@ -89,7 +81,7 @@ sr_status sr__cpu_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
       const int64_t at = f[a->owner[j]]++;
       L.slot[at] = a->slot_of[(int64_t)kvh * a->nkb + j];
       L.kpos[at] = j * a->bk;
-      pairs += (uint64_t)pairs_of(a->qpos[m], a->bq, j * a->bk, a->bk);
+      pairs += (uint64_t)sr_pairs_of_blocks(a->qpos[m], a->bq, j * a->bk, a->bk);
     }
   }
   out->row_ptr = L.rp;

@@ -18,6 +18,7 @@
 #include <cub/device/device_scan.cuh>
 
 #include "sr_cuda_internal.h"
+#include "sr_pairs.h"
 
 #define LW 8         /* warps per CTA of the count and fill kernels */
 #define MAX_SRC SR_LISTS_MAX_SRC
@@ -81,16 +82,6 @@ typedef struct lists_dev {
   int64_t *kpos;
   int64_t *info; /* [nsrc] nnz, [nsrc] off, pairs, bad */
 } lists_dev;
-
-/* Visible causal pairs of a (bq rows at qpos) x (bk keys at kpos) block (sr_block_pairs). */
-static __device__ __forceinline__ int64_t block_pairs(int64_t qpos, int bq, int64_t kpos, int bk) {
-  const int64_t a0 = qpos - kpos + 1;
-  int64_t i_lo = 1 - a0, i_full = bk - a0;
-  i_lo = i_lo < 0 ? 0 : i_lo > bq ? bq : i_lo;
-  i_full = i_full < i_lo ? i_lo : i_full > bq ? bq : i_full;
-  const int64_t n = i_full - i_lo;
-  return n * a0 + (i_lo + i_full - 1) * n / 2 + (int64_t)bk * (bq - i_full);
-}
 
 static __device__ __forceinline__ int64_t col_of(const lists_dev &L, int64_t e, int64_t e0) {
   return L.col ? (int64_t)L.col[e] : e - e0;
@@ -161,7 +152,7 @@ static __global__ void __launch_bounds__(LW * 32) k_lists_fill(lists_dev L) {
       j = col_of(L, e, e0);
       if (j >= 0 && j < L.nkb) {
         o = L.owner[j];
-        pairs += (unsigned long long)block_pairs(qp, L.bq, j * L.bk, L.bk);
+        pairs += (unsigned long long)sr_pairs_of_blocks(qp, L.bq, j * L.bk, L.bk);
       } else {
         bad = 1;
       }
