@@ -19,8 +19,10 @@
  * Usage: sr_bench_gpu [--n 16384,32768,...] [--sparsity 0,0.5,0.9,0.95] [--block 64,128]
  *                     [--kernel auto|mma|wgmma|generic] [--reps 10] [--masks DIR]
  *                     [--mask-block 128] [--json FILE] [--small-block-max-n 32768]
+ *                     [--order auto|qblocks|heads]
  * Blocks below 128 run only up to --small-block-max-n (their CSR lists grow as 1/block^2 and
  * building them dominates the run at 128K; the shorter Ns are enough to pick the block size).
+ * --order forces the CTA order of the kernels (sr_cuda.h; auto: heads for sparse lists).
  */
 #include "kernels.h"
 #include "sr_attend.h"
@@ -168,6 +170,7 @@ int main(int argc, char **argv) {
   double ns[MAXV] = {16384, 32768, 65536, 131072}, sps[MAXV] = {0, 0.5, 0.9, 0.95},
          blocks[MAXV] = {64, 128};
   int nn = 4, nsp = 4, nb = 2, reps = 10, forced = SR_CUDA_ATTN_AUTO, mask_block = 128;
+  int order = SR_CUDA_ORDER_AUTO;
   int64_t small_max_n = 32768;
   const char *json_path = NULL, *mask_dir = NULL;
   static const struct option opts[] = {
@@ -175,7 +178,8 @@ int main(int argc, char **argv) {
       {"block", required_argument, 0, 'b'},     {"kernel", required_argument, 0, 'k'},
       {"reps", required_argument, 0, 'r'},      {"masks", required_argument, 0, 'm'},
       {"mask-block", required_argument, 0, 'B'}, {"json", required_argument, 0, 'j'},
-      {"small-block-max-n", required_argument, 0, 'S'}, {0, 0, 0, 0}};
+      {"small-block-max-n", required_argument, 0, 'S'}, {"order", required_argument, 0, 'o'},
+      {0, 0, 0, 0}};
   for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
     switch (c) {
     case 'n': nn = parse_list(optarg, ns); break;
@@ -186,6 +190,16 @@ int main(int argc, char **argv) {
     case 'B': mask_block = atoi(optarg); break;
     case 'j': json_path = optarg; break;
     case 'S': small_max_n = atoll(optarg); break;
+    case 'o':
+      order = !strcmp(optarg, "qblocks") ? SR_CUDA_ORDER_QBLOCKS
+              : !strcmp(optarg, "heads") ? SR_CUDA_ORDER_HEADS
+              : !strcmp(optarg, "auto")  ? SR_CUDA_ORDER_AUTO
+                                         : -1;
+      if (order < 0) {
+        fprintf(stderr, "sr_bench_gpu: --order: auto, qblocks or heads, not '%s'\n", optarg);
+        return 2;
+      }
+      break;
     case 'k':
       forced = !strcmp(optarg, "mma")       ? SR_CUDA_ATTN_MMA
                : !strcmp(optarg, "wgmma")   ? SR_CUDA_ATTN_WGMMA
@@ -204,6 +218,7 @@ int main(int argc, char **argv) {
   }
   if (mask_dir) mkdir(mask_dir, 0755);
   sr__cuda_attn_force(forced);
+  sr__cuda_attn_order(order);
   sr__cuda_attn_timing(1);
   struct cudaDeviceProp prop;
   cudaGetDeviceProperties(&prop, sr__cuda_device());
@@ -215,7 +230,8 @@ int main(int argc, char **argv) {
          sr__cuda_have_wgmma() ? "yes" : "no");
   printf("# bf16, causal, %d q-heads / %d kv-heads, d=%d, warm-up 2, median of %d\n", QH, KVH, HD,
          reps);
-  printf("%7s %5s %6s %6s %8s %9s %9s %8s %8s %9s\n", "N", "block", "spars", "kept", "kernel",
+  printf("%7s %5s %6s %6s %8s %7s %9s %9s %8s %8s %9s\n", "N", "block", "spars", "kept", "kernel",
+         "order",
          "kern_ms", "call_ms", "eff_TF", "sp_TF", "call_spTF");
 
   cJSON *root = cJSON_CreateObject(), *runs = cJSON_AddArrayToObject(root, "runs");
@@ -294,8 +310,9 @@ int main(int argc, char **argv) {
         const double cspf = 4.0 * mk.pairs * HD / (cms * 1e-3) * 1e-12;
         const double kept = mk.pairs / ((double)n * (double)(n + 1) / 2 * QH);
         const char *kname = sr__cuda_attn_name(sr__cuda_attn_last());
-        printf("%7lld %5d %6.2f %6.3f %8s %9.3f %9.3f %8.1f %8.1f %9.1f\n", (long long)n, b,
-               sps[is], kept, kname, ms, cms, eff, spf, cspf);
+        const char *oname = sr__cuda_attn_order_last() == SR_CUDA_ORDER_HEADS ? "heads" : "qblocks";
+        printf("%7lld %5d %6.2f %6.3f %8s %7s %9.3f %9.3f %8.1f %8.1f %9.1f\n", (long long)n, b,
+               sps[is], kept, kname, oname, ms, cms, eff, spf, cspf);
         fflush(stdout);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "n", (double)n);
@@ -305,6 +322,7 @@ int main(int argc, char **argv) {
         cJSON_AddNumberToObject(o, "density_pairs", kept);
         cJSON_AddNumberToObject(o, "nnz_blocks", (double)mk.nnz);
         cJSON_AddStringToObject(o, "kernel", kname);
+        cJSON_AddStringToObject(o, "cta_order", oname);
         cJSON_AddNumberToObject(o, "kernel_ms", ms);
         cJSON_AddNumberToObject(o, "call_ms", cms);
         cJSON_AddNumberToObject(o, "kernel_ms_min", times[0]);

@@ -71,6 +71,7 @@ typedef __nv_bfloat16 sr_bf16;
 /* Everything a kernel needs; the int64 arrays live in device memory. */
 typedef struct sr_attn_dev {
   int q_heads, d, bq, bk, nqb;
+  int head_major; /* CTA order: 0 heads of one q-block adjacent; 1 q-blocks of one head adjacent */
   int64_t nq, kv_limit;
   float sl2; /* softmax scale * log2(e) */
   const sr_bf16 *q, *k, *v;
@@ -85,10 +86,19 @@ typedef struct sr_attn_dev {
 
 /* ---- small helpers --------------------------------------------------------------------- */
 
-/* The row (h, mb) of CTA t: latest q-block first, heads of one q-block adjacent. */
+/* The row (h, mb) of CTA t, latest q-block first. Dense-like lists: the heads of one q-block
+ * adjacent (the CTAs running together read the same key blocks). Sparse lists (head_major):
+ * the q-blocks of one head adjacent, heads in order, so the CTAs running together read one
+ * kv-head's blocks and the 4 q-heads of its group follow each other: that kv-head's K/V stays
+ * in L2 while per-head selections pick different blocks of it. */
 static __device__ __forceinline__ void sr_row_of(const sr_attn_dev &a, int t, int &h, int &mb) {
-  mb = a.nqb - 1 - t / a.q_heads;
-  h = t % a.q_heads;
+  if (a.head_major) {
+    h = t / a.nqb;
+    mb = a.nqb - 1 - t % a.nqb;
+  } else {
+    mb = a.nqb - 1 - t / a.q_heads;
+    h = t % a.q_heads;
+  }
 }
 
 /* Keys of entry e that some row of the block can see: min(bk, kv_limit - kp, qlast + 1 - kp)

@@ -39,6 +39,12 @@ sr_status sr__cuda_check(cudaError_t e, const char *what, const char *file, int 
  * never depends on them. */
 enum { SR_CUDA_ATTN_AUTO = 0, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_WGMMA };
 void sr__cuda_attn_force(int kernel);
+/* CTA order of the attention kernels: AUTO (q-blocks of one head adjacent for lists under
+ * half of the causal blocks, else the heads of one q-block adjacent), or forced (benchmarks).
+ * sr__cuda_attn_order_last: the order the last attn_fwd call used. */
+enum { SR_CUDA_ORDER_AUTO = 0, SR_CUDA_ORDER_QBLOCKS, SR_CUDA_ORDER_HEADS };
+void sr__cuda_attn_order(int order);
+int sr__cuda_attn_order_last(void);
 /* The kernel the last successful attn_fwd call ran (SR_CUDA_ATTN_*; AUTO before any). */
 int sr__cuda_attn_last(void);
 const char *sr__cuda_attn_name(int kernel);

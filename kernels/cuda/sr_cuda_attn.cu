@@ -16,6 +16,7 @@
 #include "sr_cuda_internal.h"
 
 static int attn_forced = SR_CUDA_ATTN_AUTO, attn_last = SR_CUDA_ATTN_AUTO, have_wgmma = 0;
+static int order_forced = SR_CUDA_ORDER_AUTO, order_last = SR_CUDA_ORDER_AUTO;
 static int max_smem_optin = 0;
 static int attn_timing = 0, attn_timed = 0;
 static cudaEvent_t attn_ev[2];
@@ -28,6 +29,21 @@ extern "C" float sr__cuda_attn_kernel_ms(void) {
 }
 
 extern "C" void sr__cuda_attn_force(int kernel) { attn_forced = kernel; }
+extern "C" void sr__cuda_attn_order(int order) { order_forced = order; }
+extern "C" int sr__cuda_attn_order_last(void) { return order_last; }
+
+/* CTA order (sr_row_of): q-blocks of one head adjacent when the lists hold under half of the
+ * causal blocks (sparse rows), heads of one q-block adjacent otherwise. */
+static int pick_order(const sr_attn_args *a, int64_t nnz) {
+  if (order_forced != SR_CUDA_ORDER_AUTO) return order_forced;
+  const int64_t nkb_lim = (a->kv_limit + a->bk - 1) / a->bk;
+  int64_t causal = 0;
+  for (int m = 0; m < a->nqb; m++) {
+    int64_t c = (a->qpos[m] + a->bq - 1) / a->bk + 1;
+    causal += c < nkb_lim ? c : nkb_lim;
+  }
+  return 2 * nnz < causal * a->q_heads ? SR_CUDA_ORDER_HEADS : SR_CUDA_ORDER_QBLOCKS;
+}
 extern "C" int sr__cuda_attn_last(void) { return attn_last; }
 extern "C" int sr__cuda_have_wgmma(void) { return have_wgmma; }
 extern "C" const char *sr__cuda_attn_name(int kernel) {
@@ -134,6 +150,8 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
   dv.bq = a->bq;
   dv.bk = a->bk;
   dv.nqb = a->nqb;
+  const int order = pick_order(a, nnz);
+  dv.head_major = order == SR_CUDA_ORDER_HEADS;
   dv.nq = a->nq;
   dv.kv_limit = a->kv_limit;
   dv.sl2 = a->scale * SR_LOG2E;
@@ -180,5 +198,6 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
   if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[1], st));
   attn_timed = attn_timing;
   attn_last = kernel;
+  order_last = order;
   return SR_OK;
 }

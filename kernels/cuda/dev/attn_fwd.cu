@@ -153,6 +153,7 @@ static void release(problem &p) {
 static sr_attn_dev dev_args(const problem &p) {
   sr_attn_dev a;
   a.q_heads = p.qh, a.d = p.d, a.bq = p.bq, a.bk = p.bk, a.nqb = p.nqb;
+  a.head_major = 0; /* the ladder's measurements were taken in this order */
   a.nq = p.n, a.kv_limit = p.n;
   a.sl2 = (float)(1.0 / sqrt((double)p.d)) * SR_LOG2E;
   a.q = p.dq, a.k = p.dk, a.v = p.dv;
