@@ -21,6 +21,7 @@ void sr_xplan_free(sr_xplan *x) {
   sr__free(x->send_off);
   sr__free(x->send_ids);
   sr__free(x->slot_of);
+  sr__free(x->owner);
   sr__free(x->send_slots);
   sr__free(x->creq_off);
   sr__free(x->creq_ids);
@@ -52,10 +53,8 @@ static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection
   if (!cneed || !cs || !cr || !ds || !dr || !x->creq_off || !x->csend_off)
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
   int64_t nreq = 0;
-  int32_t *bown = sr__alloc((size_t)p->nkb_global * sizeof(int32_t));
-  if (st == SR_OK && !bown) st = sr__seterr(SR_ERR_NOMEM, "out of memory for the column requests");
+  const int32_t *bown = x->owner; /* block owners (sr_xplan_build) */
   if (st == SR_OK) {
-    for (int64_t j = 0; j < p->nkb_global; j++) bown[j] = sr_plan_kblock_owner(p, j, NULL);
     /* One kv-head per task: its q-heads write only its part of cneed. */
 #pragma omp parallel for schedule(dynamic, 1)
     for (int kvh = 0; kvh < p->kv_heads; kvh++)
@@ -95,7 +94,6 @@ static sr_status build_columns(sr_xplan *x, const sr_plan *p, const sr_selection
     }
   }
   sr__free(cneed);
-  sr__free(bown);
   st = sr_comm_agree(comm, st);
   if (st == SR_OK)
     st = sr_comm_agree(comm, sr__mpi_check(MPI_Alltoall(cs, 1, MPI_INT, cr, 1, MPI_INT, comm),
@@ -160,20 +158,22 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
   int *cnt_send = NULL, *cnt_recv = NULL, *dis_send = NULL, *dis_recv = NULL;
   uint8_t *need = NULL;
   x->slot_of = sr__alloc((size_t)nids * sizeof(int32_t));
+  x->owner = sr__alloc((size_t)(p->nkb_global > 0 ? p->nkb_global : 1) * sizeof(int32_t));
   x->req_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
   x->send_off = sr__calloc((size_t)P + 1, sizeof(int64_t));
-  if (!x->slot_of || !x->req_off || !x->send_off) {
+  if (!x->slot_of || !x->owner || !x->req_off || !x->send_off) {
     st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
     goto done;
   }
-  /* Own-layout slots: what the local shard and dense-ring buffers use. */
-  for (int h = 0; h < p->kv_heads; h++)
-    for (int64_t j = 0; j < p->nkb_global; j++) {
-      int64_t lb = 0;
-      sr_plan_kblock_owner(p, j, &lb);
-      /* < kv_heads x nkb_local <= nids <= INT32_MAX (sr_plan_init). */
+  /* Owners, looked up once (every walk below and the work lists use them), and the
+   * own-layout slots: what the local shard and dense-ring buffers use. */
+  for (int64_t j = 0; j < p->nkb_global; j++) {
+    int64_t lb = 0;
+    x->owner[j] = sr_plan_kblock_owner(p, j, &lb);
+    /* < kv_heads x nkb_local <= nids <= INT32_MAX (sr_plan_init). */
+    for (int h = 0; h < p->kv_heads; h++)
       x->slot_of[h * p->nkb_global + j] = (int32_t)(h * p->nkb_local + lb);
-    }
+  }
   if (mode == SR_EXCHANGE_DENSE_RING) goto done;
 
   /* Union of remote blocks needed, per kv-head (a GQA group shares one fetch). */
@@ -183,13 +183,8 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
     goto done;
   }
   /* One rank has no remote blocks. Otherwise one thread per kv-head (it alone writes that
-   * head's part of need), owners looked up once: the walk runs over every selected entry. */
-  int32_t *own = P > 1 ? sr__alloc((size_t)p->nkb_global * sizeof *own) : NULL;
-  if (P > 1 && !own) {
-    st = sr__seterr(SR_ERR_NOMEM, "out of memory for the exchange plan");
-    goto done;
-  }
-  for (int64_t j = 0; P > 1 && j < p->nkb_global; j++) own[j] = sr_plan_kblock_owner(p, j, NULL);
+   * head's part of need): the walk runs over every selected entry. */
+  const int32_t *own = x->owner;
 #pragma omp parallel for schedule(dynamic, 1) if (P > 1)
   for (int kvh = 0; kvh < (P > 1 ? p->kv_heads : 0); kvh++)
     for (int h = kvh * p->group; h < (kvh + 1) * p->group && h < sel->q_heads; h++)
@@ -197,12 +192,11 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
         const int64_t j = sel->col[e];
         if (own[j] != me) need[kvh * p->nkb_global + j] = 1;
       }
-  sr__free(own);
   /* Request lists grouped by owner, ascending id inside each owner. */
   int64_t nreq = 0;
   for (int64_t id = 0; id < nids; id++)
     if (need[id]) {
-      x->req_off[sr_plan_kblock_owner(p, id % p->nkb_global, NULL) + 1]++;
+      x->req_off[x->owner[id % p->nkb_global] + 1]++;
       nreq++;
     }
   for (int o = 0; o < P; o++) x->req_off[o + 1] += x->req_off[o];
@@ -220,7 +214,7 @@ sr_status sr_xplan_build(sr_xplan *x, const sr_plan *p, const sr_selection *sel,
     for (int o = 0; o < P; o++) fill[o] = x->req_off[o];
     for (int64_t id = 0; id < nids; id++)
       if (need[id]) {
-        int o = sr_plan_kblock_owner(p, id % p->nkb_global, NULL);
+        int o = x->owner[id % p->nkb_global];
         /* In the step buffer from owner o, items sit in request order. < nreq <= nids <=
          * INT32_MAX (sr_plan_init). */
         x->slot_of[id] = (int32_t)(fill[o] - x->req_off[o]);

@@ -38,6 +38,7 @@ typedef struct sr_xplan {
   int64_t *send_off;           /* [P+1] offsets into send_ids (grouped by requester)         */
   int64_t *send_ids;
   int32_t *slot_of;            /* [kv_heads * nkb_global]                                    */
+  int32_t *owner;              /* [nkb_global] the rank holding each key block               */
   int32_t *send_slots;         /* [send_off[P]] local slot of each send_ids entry            */
   /* key columns (selections with columns, selected mode): a column whose key block is not
    * fetched anyway travels alone, as one row of d values in K and in V. A step buffer from

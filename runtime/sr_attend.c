@@ -135,18 +135,16 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
   int32_t **upos = cols ? sr__calloc((size_t)P, sizeof(int32_t *)) : NULL;
   int64_t *ucnt = cols ? sr__calloc((size_t)P * H + 1, sizeof(int64_t)) : NULL; /* [s][h] */
   int64_t *ubase = cols ? sr__calloc((size_t)P * H + 1, sizeof(int64_t)) : NULL;
-  int32_t *owner = NULL;
+  const int32_t *owner = NULL;
   bool oom = false, bad = false;
   if (!a->qpos || !a->row_ptr || !a->slot || !a->kpos || !a->nnz || !a->colrow || !a->ncolrow ||
       (cols && (!upos || !ucnt || !ubase)))
     goto nomem;
   for (int64_t m = 0; m < p->nqb_local; m++)
     a->qpos[m] = sr_plan_qblock_global(p, p->rank, m) * p->bq;
-  /* Owner of every key block, looked up once (the lists below run over every selected pair:
-   * 16.8 million at 128K dense with 128-blocks and 32 heads; rows are filled in parallel). */
-  owner = malloc((size_t)p->nkb_global * sizeof *owner);
-  if (!owner) goto nomem;
-  for (int64_t j = 0; j < p->nkb_global; j++) owner[j] = sr_plan_kblock_owner(p, j, NULL);
+  /* Owner of every key block, from the exchange plan (the lists below run over every selected
+   * pair: 16.8 million at 128K dense with 128-blocks and 32 heads; rows are filled in parallel). */
+  owner = x->owner;
 
   /* Whole blocks only, and a backend that builds the lists itself: hand it the selection. */
   if (!cols && be->attn_lists && P <= SR_LISTS_MAX_SRC) {
@@ -159,7 +157,6 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
                               .owner = owner, .slot_of = x->slot_of, .qpos = a->qpos};
     sr_dev_lists dl = {.nnz = a->nnz, .off = off};
     sr_status st = be->attn_lists(&la, &dl);
-    free(owner);
     if (st != SR_OK) {
       sr_attend_free(a);
       return st;
@@ -340,8 +337,6 @@ sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, c
     free(fill);
     free(w.cur), free(w.rs), free(w.rl);
   }
-  free(owner);
-  owner = NULL;
   for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
   sr__free(upos), sr__free(ucnt), sr__free(ubase);
   upos = NULL, ucnt = NULL, ubase = NULL;
@@ -357,14 +352,12 @@ part:
   }
   return SR_OK;
 badcol:
-  free(owner);
   for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
   sr__free(upos), sr__free(ucnt), sr__free(ubase);
   sr_attend_free(a);
   return sr__seterr(SR_ERR_INTERNAL, "a selected key column has no place in the exchange plan "
                     "(or the column lists pass 32 bits)");
 nomem:
-  free(owner);
   for (int t = 0; upos && t < P; t++) sr__free(upos[t]);
   sr__free(upos), sr__free(ucnt), sr__free(ubase);
   sr_attend_free(a);
