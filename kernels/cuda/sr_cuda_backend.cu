@@ -73,11 +73,9 @@ sr_status sr__cuda_scratch(int which, size_t bytes, void **dev) {
   return SR_OK;
 }
 
-static size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
-
 sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
   size_t total = 0;
-  for (int i = 0; i < n; i++) total += align16(pieces[i].bytes);
+  for (int i = 0; i < n; i++) total += sr__cuda_align16(pieces[i].bytes);
   void *dev = NULL;
   SR_TRY(sr__cuda_scratch(which, total > 0 ? total : 16, &dev));
   /* Offsets in size_t: one piece alone passes 2 GiB at 512K tokens x 32 heads dense (the
@@ -86,7 +84,7 @@ sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
   size_t off = 0;
   for (int i = 0; i < n; i++) {
     *pieces[i].dev = (char *)dev + off;
-    off += align16(pieces[i].bytes);
+    off += sr__cuda_align16(pieces[i].bytes);
   }
   if (total == 0) return SR_OK;
   stage_slot *s = &G.stage[G.stage_next];
@@ -104,7 +102,7 @@ sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
   off = 0;
   for (int i = 0; i < n; i++) {
     if (pieces[i].bytes) memcpy((char *)s->host + off, pieces[i].host, pieces[i].bytes);
-    off += align16(pieces[i].bytes);
+    off += sr__cuda_align16(pieces[i].bytes);
   }
   SR_CUDA(cudaMemcpyAsync(dev, s->host, total, cudaMemcpyHostToDevice, G.stream));
   SR_CUDA(cudaEventRecord(s->ev, G.stream));

@@ -37,6 +37,9 @@ enum {
 };
 
 /* One host array to upload; *dev receives the address of its device copy. */
+/* Pieces of one device area start on 16-byte boundaries. */
+static inline size_t sr__cuda_align16(size_t x) { return (x + 15) & ~(size_t)15; }
+
 typedef struct sr_cuda_piece {
   const void *host;
   size_t bytes;

@@ -234,7 +234,6 @@ sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
   L.bk = a->bk;
   L.nsrc = a->nsrc;
   L.nkb = a->nkb;
-  L.col = NULL;
   const int64_t ld = rows + 1;
   sr_cuda_piece in[5] = {
       {a->row_ptr, (size_t)ld * sizeof(int64_t), (void **)&L.sel_ptr},
@@ -249,9 +248,9 @@ sr_status sr__cuda_attn_lists(const sr_lists_args *a, sr_dev_lists *out) {
   if (!up_col) L.col = a->col_dev;
 
   /* Outputs: [rp][info][slot][kpos], 16-byte aligned pieces of one scratch area. */
-  const size_t b_rp = ((size_t)a->nsrc * (size_t)ld * sizeof(int64_t) + 15) & ~(size_t)15;
-  const size_t b_info = ((size_t)(2 * a->nsrc + 2) * sizeof(int64_t) + 15) & ~(size_t)15;
-  const size_t b_slot = ((size_t)nnz * sizeof(int32_t) + 15) & ~(size_t)15;
+  const size_t b_rp = sr__cuda_align16((size_t)a->nsrc * (size_t)ld * sizeof(int64_t));
+  const size_t b_info = sr__cuda_align16((size_t)(2 * a->nsrc + 2) * sizeof(int64_t));
+  const size_t b_slot = sr__cuda_align16((size_t)nnz * sizeof(int32_t));
   const size_t b_kpos = (size_t)nnz * sizeof(int64_t);
   char *o = NULL;
   SR_TRY(sr__cuda_scratch(SR_SCRATCH_LISTS, b_rp + b_info + b_slot + b_kpos + 16, (void **)&o));
