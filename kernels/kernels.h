@@ -60,6 +60,8 @@ typedef struct sr_attn_args {
   float *lse;         /* [q_heads][nq]    natural-log sum-exp, -INFINITY for empty rows */
   int lists_dev;      /* 1: row_ptr, slot, kpos are backend memory from attn_lists (the  */
   int64_t nnz;        /*    caller gives their nnz; no column chunks); 0: host arrays    */
+  int64_t kv_rows;    /* rows of d elements in each of the k and v pools, or 0 if not    */
+                      /*   known (kernels that copy whole tiles by TMA then do without)  */
 } sr_attn_args;
 
 /* ---- Work lists in backend memory (optional op attn_lists) ----
@@ -128,6 +130,11 @@ typedef struct sr_backend {
   /* Backend memory of `bytes` bytes (64-byte aligned on the CPU). */
   sr_status (*alloc)(size_t bytes, void **p);
   void (*free)(void *p); /* NULL is fine */
+  /* Optional (NULL: the caller's own host allocation): host memory that copy_in / copy_out
+   * move at the link's full speed (page-locked on CUDA; kept for reuse after host_free, so
+   * a run pins its layer buffers once). host_free takes only what host_alloc gave. */
+  sr_status (*host_alloc)(size_t bytes, void **p);
+  void (*host_free)(void *p);
   /* n host floats -> backend storage type (rounding to bf16 on CUDA). */
   sr_status (*store)(void *dst, const float *src_host, size_t n);
   /* n fp32 values host -> backend memory, and backend -> host (waits for pending work). */

@@ -112,7 +112,8 @@ typedef struct col_walk {
 
 sr_status sr_attend_init(sr_attend *a, const sr_plan *p, const sr_backend *be, const void *q,
                          const sr_selection *sel, const sr_xplan *x, float *out, float *lse) {
-  *a = (sr_attend){.plan = p, .be = be, .q = q, .out = out, .lse = lse, .nsrc = p->nranks};
+  *a = (sr_attend){
+      .plan = p, .x = x, .be = be, .q = q, .out = out, .lse = lse, .nsrc = p->nranks};
   const double tp = sr__now();
   a->scale = 1.0f / sqrtf((float)p->d);
   const int64_t rows = (int64_t)p->q_heads * p->nqb_local;
@@ -369,6 +370,14 @@ sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void
   const sr_plan *p = a->plan;
   const bool local = step == 0;
   if (!local && a->nnz[src] == 0) return SR_OK;
+  /* Rows in the pools k and v point at (sr_ring_run): a shard of kv_heads x nkb_local blocks
+   * (the local one, or one forwarded by the dense ring), or the blocks and columns asked of
+   * src (selected exchange). */
+  const sr_xplan *x = a->x;
+  const size_t pool_elems = local || x->mode == SR_EXCHANGE_DENSE_RING
+                                ? (size_t)x->kv_heads * (size_t)x->nkb_local * x->item_elems
+                                : sr_xplan_half_elems(x, src);
+  const int64_t kv_rows = (int64_t)(pool_elems / (size_t)p->d);
   sr_attn_args args = {
       .q_heads = p->q_heads,
       .d = p->d,
@@ -391,8 +400,11 @@ sr_status sr_attend_step(void *ctx, int step, int src, const void *k, const void
       .lse = local ? a->lse : a->part_lse,
       .lists_dev = a->dev_lists,
       .nnz = a->nnz[src],
+      .kv_rows = kv_rows,
   };
+  const double t0 = sr__now();
   SR_TRY(a->be->attn_fwd(&args));
+  sr__prof("attend: attn_fwd queued", t0);
   if (!local)
     SR_TRY(a->be->merge(a->out, a->lse, a->part_out, a->part_lse,
                         (int64_t)p->q_heads * p->n_local, p->d));

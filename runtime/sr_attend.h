@@ -13,6 +13,7 @@
 
 typedef struct sr_attend {
   const sr_plan *plan;
+  const sr_xplan *x;      /* the exchange plan the ring runs (pool sizes per source) */
   const sr_backend *be;
   const void *q;          /* [q_heads][n_local][d] backend memory, storage type */
   int64_t *qpos;          /* [nqb_local] */

@@ -200,6 +200,19 @@ typedef struct layer_state {
   sr_quality qual;
 } layer_state;
 
+/* Host buffers the device fills (out, lse): the backend's page-locked ones when it has them,
+ * so that the download runs at the link's speed instead of through a pageable bounce. */
+static sr_status host_buf(const sr_backend *be, size_t bytes, float **p, const char *what) {
+  if (be->host_alloc) return be->host_alloc(bytes, (void **)p);
+  SR_ALLOC(*p, bytes, what);
+  return SR_OK;
+}
+static void host_buf_free(const sr_backend *be, float *p) {
+  if (!p) return;
+  if (be && be->host_alloc) be->host_free(p);
+  else sr__free(p);
+}
+
 static void layer_state_free(layer_state *s) {
   const sr_backend *be = s->be;
   if (be) {
@@ -209,8 +222,8 @@ static void layer_state_free(layer_state *s) {
     be->free(s->lse);
   }
   sr__free(s->stage);
-  sr__free(s->out_h);
-  sr__free(s->lse_h);
+  host_buf_free(be, s->out_h);
+  host_buf_free(be, s->lse_h);
   if (s->method && s->method->free_state) s->method->free_state(s->mstate);
   sr_selection_free(&s->sel);
   sr_xplan_free(&s->x);
@@ -227,8 +240,8 @@ static sr_status alloc_layer(const sr_config *cfg, const sr_plan *p, const sr_ba
   size_t kf = (size_t)p->kv_heads * (size_t)p->n_local * (size_t)p->d;
   size_t rows = (size_t)p->q_heads * (size_t)p->n_local;
   SR_ALLOC(s->stage, (qf > kf ? qf : kf) * sizeof(float), "staging rows");
-  SR_ALLOC(s->out_h, qf * sizeof(float), "attention output");
-  SR_ALLOC(s->lse_h, rows * sizeof(float), "lse");
+  SR_TRY(host_buf(be, qf * sizeof(float), &s->out_h, "attention output"));
+  SR_TRY(host_buf(be, rows * sizeof(float), &s->lse_h, "lse"));
   SR_TRY(be->alloc(qf * be->elem_bytes, &s->q));
   SR_TRY(be->alloc(2 * kf * be->elem_bytes, &s->kv));
   SR_TRY(be->alloc(qf * sizeof(float), (void **)&s->out));

@@ -218,7 +218,7 @@ static sr_attn_args world_args(const world *w) {
 
 #ifdef SR_CUDA
 /* Runs kernel `kernel` on the GPU and compares with the CPU result (ro, rl). */
-static void attn_compare(const world *w, const float *ro, const float *rl, int kernel,
+static void attn_compare(const world *w, const float *ro, const float *rl, int kernel, int tma,
                          const char *what) {
   const attn_case *c = &w->c;
   const size_t rows = (size_t)c->qh * c->nq, kn = (size_t)c->kvh * w->nkb * c->bk * c->d;
@@ -232,9 +232,11 @@ static void attn_compare(const world *w, const float *ro, const float *rl, int k
   void *dq = dstore(w->q, rows * c->d), *dk = dstore(w->kpool, kn), *dv = dstore(w->vpool, kn);
   sr_attn_args a = world_args(w);
   a.q = dq, a.k = dk, a.v = dv, a.out = d_o, a.lse = d_l;
+  a.kv_rows = tma ? (int64_t)c->kvh * w->nkb * c->bk : 0; /* the pools' rows, or unknown */
   sr__cuda_attn_force(kernel);
   check(gpu->attn_fwd(&a), "attn_fwd");
   assert_int_equal(sr__cuda_attn_last(), kernel);
+  if (kernel == SR_CUDA_ATTN_WS) assert_int_equal(sr__cuda_attn_tma_last(), tma);
   sr__cuda_attn_force(SR_CUDA_ATTN_AUTO);
   check(gpu->copy_out(host_o, d_o, (rows + GUARD_ROWS) * c->d), "copy_out out");
   check(gpu->copy_out(host_l, d_l, rows + GUARD_ROWS), "copy_out lse");
@@ -263,7 +265,7 @@ static void attn_compare(const world *w, const float *ro, const float *rl, int k
   for (size_t i = rows; i < rows + GUARD_ROWS; i++)
     if (host_l[i] != GUARD_VAL) fail_msg("%s: lse written past row nq", what);
   const double rel = den > 0 ? sqrt(num / den) : sqrt(num);
-  const char *kname = sr__cuda_attn_name(kernel);
+  const char *kname = kernel == SR_CUDA_ATTN_WS && tma ? "ws+tma" : sr__cuda_attn_name(kernel);
   fprintf(stderr,
           "# %-12s %-7s qh=%d kvh=%d d=%3d bq=%3d bk=%3d n=%4lld nq=%4lld kv_limit=%4lld "
           "nnz=%5lld empty=%zu  out relerr %.2e  lse abserr %.2e\n",
@@ -289,9 +291,13 @@ static void run_case(const attn_case *c, const char *what) {
 #ifdef SR_CUDA
   const int fast = (c->bq == 64 || c->bq == 128) && (c->bk == 64 || c->bk == 128) &&
                    (c->d == 64 || c->d == 128);
-  attn_compare(&w, ro, rl, SR_CUDA_ATTN_GENERIC, what);
-  if (fast) attn_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, what);
-  if (fast && sr__cuda_have_wgmma()) attn_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, what);
+  attn_compare(&w, ro, rl, SR_CUDA_ATTN_GENERIC, 0, what);
+  if (fast) attn_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, 0, what);
+  if (fast && sr__cuda_have_wgmma()) attn_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, 0, what);
+  if (sr__cuda_have_ws() && c->bq == 128 && c->bk == 128 && c->d == 128) {
+    attn_compare(&w, ro, rl, SR_CUDA_ATTN_WS, 0, what); /* every tile by cp.async */
+    attn_compare(&w, ro, rl, SR_CUDA_ATTN_WS, 1, what); /* whole tiles by TMA */
+  }
 #endif
   free(ro), free(rl);
   world_free(&w);
@@ -378,9 +384,9 @@ static void test_attn_empty_rows(void **state) {
   check(sr_backend_cpu()->attn_fwd(&a), "cpu attn_fwd");
   for (int64_t i = 0; i < c.nq; i++) assert_true(isinf(rl[i]) && rl[i] < 0);
 #ifdef SR_CUDA
-  attn_compare(&w, ro, rl, SR_CUDA_ATTN_GENERIC, "empty rows");
-  attn_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, "empty rows");
-  if (sr__cuda_have_wgmma()) attn_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, "empty rows");
+  attn_compare(&w, ro, rl, SR_CUDA_ATTN_GENERIC, 0, "empty rows");
+  attn_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, 0, "empty rows");
+  if (sr__cuda_have_wgmma()) attn_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, 0, "empty rows");
 #endif
   free(ro), free(rl);
   world_free(&w);
@@ -398,7 +404,11 @@ static void test_attn_auto(void **state) {
   a.out = ro, a.lse = rl;
   check(sr_backend_cpu()->attn_fwd(&a), "cpu attn_fwd");
 #ifdef SR_CUDA
-  attn_compare(&w, ro, rl, sr__cuda_have_wgmma() ? SR_CUDA_ATTN_WGMMA : SR_CUDA_ATTN_MMA, "auto");
+  const int k = sr__cuda_attn_auto(c.bq, c.bk, c.d);
+  assert_int_equal(k, sr__cuda_have_ws()      ? SR_CUDA_ATTN_WS
+                      : sr__cuda_have_wgmma() ? SR_CUDA_ATTN_WGMMA
+                                              : SR_CUDA_ATTN_MMA);
+  attn_compare(&w, ro, rl, k, 1, "auto");
 #endif
   free(ro), free(rl);
   world_free(&w);
@@ -536,7 +546,7 @@ static inline sr_attn_args col_args(const col_world *w) {
                         .nq = w->nq, .q = w->q, .qpos = w->qpos, .k = w->kpool, .v = w->vpool,
                         .row_ptr = w->row_ptr, .slot = w->slot, .kpos = w->kpos,
                         .colrow = w->colrow, .ncolrow = w->ncolrow, .kv_limit = w->kv_limit,
-                        .scale = w->scale};
+                        .scale = w->scale, .kv_rows = w->nslots * w->bk};
 }
 
 /* The float64 reference: softmax over exactly the keys each row sees. */
@@ -688,9 +698,11 @@ static void test_attn_columns(void **state) {
     if (fast) col_compare(&w, ro, rl, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_MMA, "columns");
     if (fast && sr__cuda_have_wgmma())
       col_compare(&w, ro, rl, SR_CUDA_ATTN_WGMMA, SR_CUDA_ATTN_WGMMA, "columns");
-    const int autok = !fast ? SR_CUDA_ATTN_GENERIC
-                            : sr__cuda_have_wgmma() ? SR_CUDA_ATTN_WGMMA : SR_CUDA_ATTN_MMA;
-    col_compare(&w, ro, rl, SR_CUDA_ATTN_AUTO, autok, "col auto");
+    if (sr__cuda_have_ws() && w.bq == 128 && w.bk == 128 && w.d == 128) {
+      col_compare(&w, ro, rl, SR_CUDA_ATTN_WS, SR_CUDA_ATTN_WS, "columns");
+      assert_int_equal(sr__cuda_attn_tma_last(), 1); /* blocks by TMA, chunks by cp.async */
+    }
+    col_compare(&w, ro, rl, SR_CUDA_ATTN_AUTO, sr__cuda_attn_auto(w.bq, w.bk, w.d), "col auto");
 #endif
     free(ro), free(rl);
     col_world_free(&w);
@@ -988,6 +1000,43 @@ static void test_store_copy(void **state) {
   assert_memory_equal(x, y, n * 4);
   gpu->free(d), gpu->free(df);
   free(x), free(y), free(bits);
+}
+
+/* host_alloc: page-locked buffers that copy_out fills exactly, handed out again after
+ * host_free (the same buffer for a request that fits), and more requests at once than the
+ * backend keeps still served (the extra ones plainly allocated). */
+static void test_host_buffers(void **state) {
+  (void)state;
+  assert_non_null(gpu->host_alloc);
+  assert_non_null(gpu->host_free);
+  const size_t n = ((size_t)3 << 20) + 5;
+  float *x = xmalloc(n * 4);
+  sr_test_fill(x, n, 10.0f, &rng);
+  float *df = dcopy(x, n);
+  void *b[6] = {0};
+  for (int i = 0; i < 6; i++) {
+    check(gpu->host_alloc(n * 4, &b[i]), "host_alloc");
+    assert_non_null(b[i]);
+    assert_true(((uintptr_t)b[i] & 63) == 0);
+    for (int j = 0; j < i; j++) assert_ptr_not_equal(b[i], b[j]);
+    sr__poison_f32((float *)b[i], n);
+    check(gpu->copy_out((float *)b[i], df, n), "copy_out into a host buffer");
+    assert_memory_equal(x, b[i], n * 4);
+  }
+  for (int i = 0; i < 6; i++) gpu->host_free(b[i]);
+  void *again = NULL, *small = NULL;
+  check(gpu->host_alloc(n * 4, &again), "host_alloc again");
+  check(gpu->host_alloc(64, &small), "host_alloc small");
+  assert_non_null(again);
+  assert_non_null(small);
+  assert_ptr_not_equal(again, small);
+  /* a kept buffer comes back: one of the first four, which the backend cached */
+  int kept = 0;
+  for (int i = 0; i < 4; i++) kept |= again == b[i];
+  assert_true(kept);
+  gpu->host_free(again), gpu->host_free(small);
+  gpu->free(df);
+  free(x);
 }
 
 /* ---- Vertical-Slash / FlexPrefill estimate ------------------------------------------------ */
@@ -1399,7 +1448,7 @@ int main(void) {
       cmocka_unit_test(test_attn_qpos_pool), cmocka_unit_test(test_attn_empty_rows),
       cmocka_unit_test(test_attn_auto),    cmocka_unit_test(test_attn_columns),
       cmocka_unit_test(test_unstore),      cmocka_unit_test(test_est_ops),
-      cmocka_unit_test(test_est_speed),
+      cmocka_unit_test(test_est_speed),    cmocka_unit_test(test_host_buffers),
 #ifdef SR_CUDA
       cmocka_unit_test(test_attn_columns_speed),
       cmocka_unit_test(test_upload_past_2gib), /* last: leaves 3 GB of pinned staging */

@@ -17,7 +17,7 @@
  * (query, key) pair of the listed blocks). Output: a '#' header, aligned columns, and JSON.
  *
  * Usage: sr_bench_gpu [--n 16384,32768,...] [--sparsity 0,0.5,0.9,0.95] [--block 64,128]
- *                     [--kernel auto|mma|wgmma|generic] [--reps 10] [--masks DIR]
+ *                     [--kernel auto|ws|wgmma|mma|generic] [--reps 10] [--masks DIR]
  *                     [--mask-block 128] [--json FILE] [--small-block-max-n 32768]
  *                     [--order auto|qblocks|heads]
  * Blocks below 128 run only up to --small-block-max-n (their CSR lists grow as 1/block^2 and
@@ -203,6 +203,7 @@ int main(int argc, char **argv) {
     case 'k':
       forced = !strcmp(optarg, "mma")       ? SR_CUDA_ATTN_MMA
                : !strcmp(optarg, "wgmma")   ? SR_CUDA_ATTN_WGMMA
+               : !strcmp(optarg, "ws")      ? SR_CUDA_ATTN_WS
                : !strcmp(optarg, "generic") ? SR_CUDA_ATTN_GENERIC
                                             : SR_CUDA_ATTN_AUTO;
       break;
@@ -291,7 +292,7 @@ int main(int argc, char **argv) {
                                 .nq = n, .q = q, .qpos = qpos, .k = k, .v = v,
                                 .row_ptr = mk.row_ptr, .slot = slot, .kpos = kpos,
                                 .kv_limit = n, .scale = 1.0f / sqrtf((float)HD), .out = out,
-                                .lse = lse};
+                                .lse = lse, .kv_rows = (int64_t)KVH * n};
         for (int w = 0; w < 2; w++) TRY(be->attn_fwd(&a), "attn_fwd");
         TRY(be->sync(), "sync");
         for (int r = 0; r < reps; r++) {

@@ -12,6 +12,7 @@
 #   kernels    the attention kernels alone (CUDA events, JSON device_s.kernels)
 #   lists      the work-list builds on the device (CUDA events, device_s.lists)
 #   ratio      kernels / attention (goal >= 0.95, docs/PERFORMANCE.md)
+#   download   out and lse from the device to the host after the ring (a phase of its own)
 # Environment: SR_RVK_N (default 32768,131072,524288), SR_RVK_METHODS (dense,block_sparse),
 # SR_RVK_SPARSITY (0.9, for block_sparse), SR_RVK_LAYERS (3).
 set -euo pipefail
@@ -52,8 +53,10 @@ for f in files:
     att = statistics.median(l["time_s"]["attention"] for l in L)
     ker = statistics.median(l["device_s"]["kernels"] for l in L)
     lst = statistics.median(l["device_s"]["lists"] for l in L)
+    dl = statistics.median(l["time_s"]["download"] for l in L)
     rows.append({"n": d["seq_len"], "method": d["method"],
-                 "attention_s": att, "kernels_s": ker, "lists_s": lst, "ratio": ker / att if att > 0 else 0,
+                 "attention_s": att, "kernels_s": ker, "lists_s": lst, "download_s": dl,
+                 "ratio": ker / att if att > 0 else 0,
                  "layers_timed": len(L), "sparsity_measured": L[0]["sparsity_measured"],
                  "file": f.split("/")[-1]})
 rec = {"benchmark": "runtime attention time vs its attention kernels (one GPU)", "device": gpu(),
@@ -66,8 +69,10 @@ json.dump(rec, open(out, "w"), indent=1)
 print("# %s | %s" % (rec["device"], rec["versions"]))
 print("# %s" % rec["config"])
 print("# rank 0 -> GPU 0 (one rank)")
-print("%9s %13s %12s %12s %10s %7s" % ("N", "method", "attention_s", "kernels_s", "lists_s", "ratio"))
+print("%9s %13s %12s %12s %10s %11s %7s" % ("N", "method", "attention_s", "kernels_s", "lists_s",
+                                            "download_s", "ratio"))
 for r in rows:
-    print("%9d %13s %12.4f %12.4f %10.5f %7.3f%s" % (r["n"], r["method"], r["attention_s"], r["kernels_s"],
-          r["lists_s"], r["ratio"], "" if r["ratio"] >= 0.95 else "  (goal 0.95 NOT MET)"))
+    print("%9d %13s %12.4f %12.4f %10.5f %11.4f %7.3f%s" % (r["n"], r["method"], r["attention_s"],
+          r["kernels_s"], r["lists_s"], r["download_s"], r["ratio"],
+          "" if r["ratio"] >= 0.95 else "  (goal 0.95 NOT MET)"))
 PYEOF

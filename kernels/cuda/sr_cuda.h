@@ -37,8 +37,17 @@ sr_status sr__cuda_check(cudaError_t e, const char *what, const char *file, int 
  * makes attn_fwd fail with SR_ERR_SHAPE. The ladder (kernels/cuda/dev) has more versions.
  * Every kernel (and every ladder version) handles column chunks (kpos < 0), so the choice
  * never depends on them. */
-enum { SR_CUDA_ATTN_AUTO = 0, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_WGMMA };
+enum { SR_CUDA_ATTN_AUTO = 0, SR_CUDA_ATTN_GENERIC, SR_CUDA_ATTN_MMA, SR_CUDA_ATTN_WGMMA,
+       SR_CUDA_ATTN_WS };
 void sr__cuda_attn_force(int kernel);
+/* WS: the warp-specialised wgmma kernel (a producer warpgroup, TMA for whole tiles when
+ * attn_fwd's kv_rows is given; bq = bk = d = 128 on a Hopper with an sm_90a build).
+ * sr__cuda_have_ws: whether it can run here; sr__cuda_attn_tma_last: whether the last WS
+ * launch loaded whole tiles by TMA (1) or everything by cp.async (0). */
+int sr__cuda_have_ws(void);
+/* The kernel AUTO runs for a shape (SR_CUDA_ATTN_*). */
+int sr__cuda_attn_auto(int bq, int bk, int d);
+int sr__cuda_attn_tma_last(void);
 /* CTA order of the attention kernels: AUTO (q-blocks of one head adjacent for lists under
  * half of the causal blocks, else the heads of one q-block adjacent), or forced (benchmarks).
  * sr__cuda_attn_order_last: the order the last attn_fwd call used. */

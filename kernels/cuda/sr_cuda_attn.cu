@@ -13,9 +13,11 @@
  * the choice does not depend on them; colrow travels with the other CSR lists.
  */
 #include "sr_attn_kernels.cuh"
+#include "sr_attn_ws.cuh"
 #include "sr_cuda_internal.h"
 
 static int attn_forced = SR_CUDA_ATTN_AUTO, attn_last = SR_CUDA_ATTN_AUTO, have_wgmma = 0;
+static int have_ws = 0, tma_last = 0;
 static int order_forced = SR_CUDA_ORDER_AUTO, order_last = SR_CUDA_ORDER_AUTO;
 static int max_smem_optin = 0;
 static int attn_timing = 0, attn_timed = 0;
@@ -46,11 +48,14 @@ static int pick_order(const sr_attn_args *a, int64_t nnz) {
 }
 extern "C" int sr__cuda_attn_last(void) { return attn_last; }
 extern "C" int sr__cuda_have_wgmma(void) { return have_wgmma; }
+extern "C" int sr__cuda_have_ws(void) { return have_ws; }
+extern "C" int sr__cuda_attn_tma_last(void) { return tma_last; }
 extern "C" const char *sr__cuda_attn_name(int kernel) {
   switch (kernel) {
   case SR_CUDA_ATTN_GENERIC: return "generic";
   case SR_CUDA_ATTN_MMA: return "mma";
   case SR_CUDA_ATTN_WGMMA: return "wgmma";
+  case SR_CUDA_ATTN_WS: return "ws";
   default: return "auto";
   }
 }
@@ -81,6 +86,20 @@ static const attn_cfg *find_cfg(int bq, int bk, int d) {
   return NULL;
 }
 
+/* The warp-specialised kernel: 3 stages, ping-pong; with and without TMA. */
+#define WS_TMA sr_attn_ws<3, true, true>
+#define WS_CPASYNC sr_attn_ws<3, true, false>
+#define WS_SMEM sr_ws_smem_bytes<3>()
+/* Whether AUTO takes it at 128/128/128 (docs/GPU.md has the comparison with the v7 kernel). */
+#define WS_AUTO 0
+
+extern "C" int sr__cuda_attn_auto(int bq, int bk, int d) {
+  if (!find_cfg(bq, bk, d)) return SR_CUDA_ATTN_GENERIC;
+  if (!have_wgmma) return SR_CUDA_ATTN_MMA;
+  if (WS_AUTO && have_ws && bq == 128 && bk == 128 && d == 128) return SR_CUDA_ATTN_WS;
+  return SR_CUDA_ATTN_WGMMA;
+}
+
 sr_status sr__cuda_attn_init(void) {
   const int dev = sr__cuda_device();
   cudaDeviceProp prop;
@@ -108,6 +127,13 @@ sr_status sr__cuda_attn_init(void) {
   }
   SR_CUDA(cudaFuncSetAttribute(sr_attn_generic, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                max_smem_optin));
+  have_ws = have_wgmma && (size_t)max_smem_optin >= WS_SMEM;
+  if (have_ws) {
+    SR_CUDA(cudaFuncSetAttribute(WS_TMA, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)WS_SMEM));
+    SR_CUDA(cudaFuncSetAttribute(WS_CPASYNC, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)WS_SMEM));
+  }
   SR_CUDA(cudaEventCreate(&attn_ev[0]));
   SR_CUDA(cudaEventCreate(&attn_ev[1]));
   return SR_OK;
@@ -131,14 +157,18 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
 
   const attn_cfg *cfg = find_cfg(a->bq, a->bk, a->d);
   int kernel = attn_forced;
-  if (kernel == SR_CUDA_ATTN_AUTO)
-    kernel = !cfg ? SR_CUDA_ATTN_GENERIC : have_wgmma ? SR_CUDA_ATTN_WGMMA : SR_CUDA_ATTN_MMA;
+  if (kernel == SR_CUDA_ATTN_AUTO) kernel = sr__cuda_attn_auto(a->bq, a->bk, a->d);
   if ((kernel == SR_CUDA_ATTN_MMA || kernel == SR_CUDA_ATTN_WGMMA) && !cfg)
     return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the %s kernel needs bq, bk, d in {64, 128}, got "
                       "bq=%d bk=%d d=%d", sr__cuda_attn_name(kernel), a->bq, a->bk, a->d);
-  if (kernel == SR_CUDA_ATTN_WGMMA && !have_wgmma)
-    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the wgmma kernel needs an sm_90a build "
-                      "(CMAKE_CUDA_ARCHITECTURES=90a) on a compute 9.0 device");
+  if ((kernel == SR_CUDA_ATTN_WGMMA || kernel == SR_CUDA_ATTN_WS) && !have_wgmma)
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the %s kernel needs an sm_90a build "
+                      "(CMAKE_CUDA_ARCHITECTURES=90a) on a compute 9.0 device",
+                      sr__cuda_attn_name(kernel));
+  if (kernel == SR_CUDA_ATTN_WS && !(a->bq == 128 && a->bk == 128 && a->d == 128 && have_ws))
+    return sr__seterr(SR_ERR_SHAPE, "attn_fwd: the ws kernel needs bq = bk = d = 128 and %zu "
+                      "bytes of shared memory per block, got bq=%d bk=%d d=%d", (size_t)WS_SMEM,
+                      a->bq, a->bk, a->d);
   const size_t gen_smem = (size_t)SR_GEN_WARPS * 2 * (size_t)a->d * sizeof(float);
   if (kernel == SR_CUDA_ATTN_GENERIC && gen_smem > (size_t)max_smem_optin)
     return sr__seterr(SR_ERR_SHAPE, "attn_fwd: head dim %d is too large for the generic kernel",
@@ -183,6 +213,19 @@ sr_status sr__cuda_attn_fwd(const sr_attn_args *a) {
   if (attn_timing) SR_CUDA(cudaEventRecord(attn_ev[0], st));
   SR_TRY(sr__cuda_ev_mark(SR_EV_ATTN, 0));
   switch (kernel) {
+  case SR_CUDA_ATTN_WS: {
+    /* TMA for whole tiles when every map can be made (pool sizes known, aligned bases). */
+    sr_ws_maps tm;
+    memset(&tm, 0, sizeof tm);
+    const int tma = a->kv_rows > 0 &&
+                    sr_ws_map(a->q, (uint64_t)a->q_heads * (uint64_t)a->nq, &tm.q) &&
+                    sr_ws_map(a->k, (uint64_t)a->kv_rows, &tm.k) &&
+                    sr_ws_map(a->v, (uint64_t)a->kv_rows, &tm.v);
+    if (tma) WS_TMA<<<grid, 384, WS_SMEM, st>>>(dv, tm);
+    else WS_CPASYNC<<<grid, 384, WS_SMEM, st>>>(dv, tm);
+    tma_last = tma;
+    break;
+  }
   case SR_CUDA_ATTN_WGMMA:
     cfg->wgmma<<<grid, cfg->bq * 2, cfg->wgmma_smem, st>>>(dv);
     break;

@@ -111,6 +111,78 @@ sr_status sr__cuda_upload(int which, const sr_cuda_piece *pieces, int n) {
 
 /* ---- memory ops -------------------------------------------------------------------------- */
 
+/* Page-locked host buffers for the layer outputs: a few are kept after host_free and handed out
+ * again (best fit), so a run pins its buffers once, not once per layer. When pinning fails, or
+ * every cache entry is taken, a plain allocation serves (slower copies, same results). */
+#define SR_HOST_CACHE 4
+static struct {
+  void *p;
+  size_t cap;
+  int used, pinned;
+} H[SR_HOST_CACHE];
+
+static void *plain_alloc(size_t bytes) { /* 64-byte aligned, as the runtime's own buffers */
+  void *q = NULL;
+  return posix_memalign(&q, 64, bytes) == 0 ? q : NULL;
+}
+
+static sr_status cuda_host_alloc(size_t bytes, void **p) {
+  *p = NULL;
+  if (bytes == 0) bytes = 64;
+  int best = -1, empty = -1;
+  for (int i = 0; i < SR_HOST_CACHE; i++) {
+    if (!H[i].p) {
+      if (empty < 0) empty = i;
+    } else if (!H[i].used && H[i].cap >= bytes && (best < 0 || H[i].cap < H[best].cap)) {
+      best = i;
+    }
+  }
+  if (best >= 0) {
+    H[best].used = 1;
+    *p = H[best].p;
+    return SR_OK;
+  }
+  if (empty < 0) /* no free entry: give back an idle buffer that is too small */
+    for (int i = 0; i < SR_HOST_CACHE && empty < 0; i++)
+      if (!H[i].used) {
+        if (H[i].pinned) cudaFreeHost(H[i].p);
+        else free(H[i].p);
+        H[i].p = NULL;
+        empty = i;
+      }
+  void *q = NULL;
+  int pinned = cudaMallocHost(&q, bytes) == cudaSuccess;
+  if (!pinned) {
+    (void)cudaGetLastError(); /* not sticky; the plain allocation below serves */
+    q = plain_alloc(bytes);
+    if (!q)
+      return sr__seterr(SR_ERR_NOMEM, "CUDA backend: out of host memory (%zu bytes)", bytes);
+  }
+  if (empty >= 0) {
+    H[empty].p = q;
+    H[empty].cap = bytes;
+    H[empty].used = 1;
+    H[empty].pinned = pinned;
+  } else if (pinned) { /* every entry in use: not cached, freed by host_free */
+    cudaFreeHost(q);
+    q = plain_alloc(bytes);
+    if (!q)
+      return sr__seterr(SR_ERR_NOMEM, "CUDA backend: out of host memory (%zu bytes)", bytes);
+  }
+  *p = q;
+  return SR_OK;
+}
+
+static void cuda_host_free(void *p) {
+  if (!p) return;
+  for (int i = 0; i < SR_HOST_CACHE; i++)
+    if (H[i].p == p) {
+      H[i].used = 0;
+      return;
+    }
+  free(p);
+}
+
 static sr_status cuda_alloc(size_t bytes, void **p) {
   *p = NULL;
   cudaError_t e = cudaMalloc(p, bytes > 0 ? bytes : 256);
@@ -998,6 +1070,8 @@ extern "C" const sr_backend *sr_backend_cuda(int local_rank) {
   t->store = cuda_store;
   t->copy_in = cuda_copy_in;
   t->copy_out = cuda_copy_out;
+  t->host_alloc = cuda_host_alloc;
+  t->host_free = cuda_host_free;
   t->gather = cuda_gather;
   t->sync = cuda_sync;
   t->attn_fwd = sr__cuda_attn_fwd;

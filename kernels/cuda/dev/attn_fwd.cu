@@ -15,11 +15,21 @@
  *   6  persist   v5 made persistent (one CTA per SM streams the entries of its rows), so a row's
  *                prologue overlaps the previous row's tail
  *   7  ovl+3st   v5 with three K/V stages: blocks are prefetched two iterations ahead
+ *   8  ws        v7 warp-specialised (attn_ws.cuh): a producer warpgroup loads, mbarriers per
+ *                stage instead of CTA barriers, ping-pong of the two consumer warpgroups;
+ *                bq = bk = d = 128 only
+ *   9  ws2st     v8 with two K/V stages
+ *  10  ws-nopp   v8 without the ping-pong (the consumers issue their GEMMs when ready)
+ *  11  tma       v8 with whole Q/K/V tiles loaded by TMA (one thread, 128-byte swizzle boxes);
+ *                partial tiles stay on cp.async
+ *  12  tma2st    v11 with two stages
+ *  13  tma-nopp  v11 without the ping-pong
  *
  * Build: make -C kernels/cuda/dev   Run: ./attn_fwd [versions, e.g. 5,7 (0: all)] [N ...]
  * Output: one line per (version, config), then a table; exit 1 if any validation failed.
  */
 #include "../sr_attn_kernels.cuh"
+#include "../sr_attn_ws.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -163,7 +173,35 @@ static sr_attn_dev dev_args(const problem &p) {
 }
 
 /* Launches version ver on p; false if the version does not support the shape. */
-template <int BQ, int BK, int D> static void launch_fast(int ver, const sr_attn_dev &a, unsigned grid) {
+static CUtensorMap tensor_map(const void *base, uint64_t rows) {
+  CUtensorMap m;
+  if (!sr_ws_map(base, rows, &m)) {
+    fprintf(stderr, "cannot make a tensor map (driver without cuTensorMapEncodeTiled?)\n");
+    exit(2);
+  }
+  return m;
+}
+
+template <int NST, bool PP, bool TMA>
+static void launch_ws(const sr_attn_dev &a, unsigned grid, uint64_t kv_rows) {
+  static bool set = false;
+  const size_t sm = sr_ws_smem_bytes<NST>();
+  if (!set) {
+    CK(cudaFuncSetAttribute(sr_attn_ws<NST, PP, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    set = true;
+  }
+  sr_ws_maps tm;
+  memset(&tm, 0, sizeof tm);
+  if (TMA) {
+    tm.q = tensor_map(a.q, (uint64_t)a.q_heads * (uint64_t)a.nq);
+    tm.k = tensor_map(a.k, kv_rows);
+    tm.v = tensor_map(a.v, kv_rows);
+  }
+  sr_attn_ws<NST, PP, TMA><<<grid, 384, sm>>>(a, tm);
+}
+
+template <int BQ, int BK, int D>
+static void launch_fast(int ver, const sr_attn_dev &a, unsigned grid, uint64_t kv_rows) {
   if (ver == 2) {
     static bool set = false;
     const size_t sm = sr_mma_smem_bytes<BQ, BK, D>();
@@ -184,6 +222,17 @@ template <int BQ, int BK, int D> static void launch_fast(int ver, const sr_attn_
       set = true;
     }
     sr_attn_wgmma_persist<BQ, BK, D><<<std::min<unsigned>(grid, (unsigned)sms), BQ * 2, sm>>>(a, (int)grid);
+  } else if (ver >= 8) {
+    if constexpr (BQ == 128 && BK == 128 && D == 128) {
+      switch (ver) {
+      case 8: launch_ws<3, true, false>(a, grid, kv_rows); break;
+      case 9: launch_ws<2, true, false>(a, grid, kv_rows); break;
+      case 10: launch_ws<3, false, false>(a, grid, kv_rows); break;
+      case 11: launch_ws<3, true, true>(a, grid, kv_rows); break;
+      case 12: launch_ws<2, true, true>(a, grid, kv_rows); break;
+      default: launch_ws<3, false, true>(a, grid, kv_rows); break;
+      }
+    }
   } else if (ver == 7) {
     static bool set = false;
     const size_t sm = sr_wgmma_pipe_smem_bytes<BQ, BK, D, 3>();
@@ -213,7 +262,7 @@ static bool launch(int ver, const problem &p) {
     return true;
   }
 #define CASE(BQ, BK, D) \
-  if (p.bq == BQ && p.bk == BK && p.d == D) { launch_fast<BQ, BK, D>(ver, a, grid); CK(cudaGetLastError()); return true; }
+  if (p.bq == BQ && p.bk == BK && p.d == D) { launch_fast<BQ, BK, D>(ver, a, grid, (uint64_t)p.kvh * p.nkb * p.bk); CK(cudaGetLastError()); return true; }
   CASE(64, 64, 64) CASE(64, 64, 128) CASE(64, 128, 64) CASE(64, 128, 128)
   CASE(128, 64, 64) CASE(128, 64, 128) CASE(128, 128, 64) CASE(128, 128, 128)
 #undef CASE
@@ -317,11 +366,11 @@ static double time_ms(int ver, problem &p, int reps) {
 
 int main(int argc, char **argv) {
   /* argv[1]: versions to run, comma-separated ("5,7"); 0 or none = all. */
-  bool sel[8] = {false};
+  bool sel[14] = {false};
   bool any = false;
   for (const char *c = argc > 1 ? argv[1] : ""; *c;) {
     const int v = (int)strtol(c, (char **)&c, 10);
-    if (v > 0 && v < 8) sel[v] = any = true;
+    if (v > 0 && v < 14) sel[v] = any = true;
     if (*c == ',') c++;
     else break;
   }
@@ -348,8 +397,9 @@ int main(int argc, char **argv) {
           reference ref;
           build(p, 4, 2, d, bq, bk, 500 + (int64_t)(next_u64() % 200), dens);
           compute_reference(p, ref);
-          for (int ver = 1; ver <= 7; ver++)
-            if (wanted(ver) && (ver > 1 || (bq == 64 && bk == 128)))
+          for (int ver = 1; ver <= 13; ver++)
+            if (wanted(ver) && (ver > 1 || (bq == 64 && bk == 128)) &&
+                (ver < 8 || (bq == 128 && bk == 128 && d == 128)))
               all_ok &= validate(ver, p, ref, dens == 1.0 ? "dense" : "sparse");
           release(p);
         }
@@ -360,6 +410,16 @@ int main(int argc, char **argv) {
     build(p, 32, 8, 64, 64, 64, 1200, 0.5);
     compute_reference(p, ref);
     for (int ver = 2; ver <= 7; ver++)
+      if (wanted(ver)) all_ok &= validate(ver, p, ref, "manyrows");
+    release(p);
+  }
+  if (wanted(8) || wanted(9) || wanted(10) || wanted(11) || wanted(12) || wanted(13)) {
+    /* v8-v13's shape with more rows than SMs, sparse rows of unequal length, a partial last block. */
+    problem p;
+    reference ref;
+    build(p, 32, 8, 128, 128, 128, 4000 + (int64_t)(next_u64() % 100), 0.5);
+    compute_reference(p, ref);
+    for (int ver = 8; ver <= 13; ver++)
       if (wanted(ver)) all_ok &= validate(ver, p, ref, "manyrows");
     release(p);
   }
@@ -374,7 +434,9 @@ int main(int argc, char **argv) {
   /* Timing on the benchmark shape: one problem per (N, density, bq, bk), every version. */
   printf("%-3s %-9s %6s %4s %4s %5s %9s %9s %9s\n", "ver", "name", "N", "bq", "bk", "dens",
          "ms", "eff_TF", "sparse_TF");
-  const char *names[] = {"", "generic", "mma", "mma+pipe", "wgmma", "wgmma+ovl", "persist", "ovl+3st"};
+  const char *names[] = {"",        "generic", "mma",     "mma+pipe", "wgmma",
+                         "wgmma+ovl", "persist", "ovl+3st", "ws",
+                         "ws2st",     "ws-nopp", "tma",     "tma2st",  "tma-nopp"};
   for (int64_t n : ns)
     for (double dens : {1.0, 0.1})
       for (int bq : {64, 128})
@@ -383,8 +445,9 @@ int main(int argc, char **argv) {
           build(p, 32, 8, 128, bq, bk, n, dens);
           const double dense_flops = 4.0 * (double)n * (double)n * 128 / 2 * 32;
           const double sparse_flops = 4.0 * p.pairs * 128;
-          for (int ver = 1; ver <= 7; ver++) {
+          for (int ver = 1; ver <= 13; ver++) {
             if (!wanted(ver)) continue;
+            if (ver >= 8 && (bq != 128 || bk != 128)) continue;
             if (ver == 1 && (bq != 64 || bk != 128 || dens != 1.0 || n > 16384)) continue;
             if (ver == 2 && bq != bk) continue;
             const double ms = time_ms(ver, p, ver == 1 ? 3 : 10);
