@@ -29,10 +29,10 @@ sr_status sr__cuda_check(cudaError_t e, const char *what, const char *file, int 
 #undef SR_CUDA
 #define SR_CUDA(call) SR_TRY(sr__cuda_check((call), #call, __FILE__, __LINE__))
 
-/* The attention kernels (docs/GPU.md). AUTO picks the fastest one that fits the shape: for
- * bq, bk, d in {64, 128}, WGMMA (Hopper warpgroup MMA with the softmax of one block overlapped
- * with the P.V product of the previous one; needs an sm_90a build on a compute 9.0 device),
- * else MMA (mma.sync); GENERIC for every other shape. Tests and benchmarks force one with
+/* The attention kernels (docs/GPU.md). AUTO picks the fastest one that fits the shape: WS at
+ * bq = bk = d = 128 and, for the other bq, bk, d in {64, 128}, WGMMA (Hopper warpgroup MMA with
+ * the softmax of one block overlapped with the P.V product of the previous one); both need an
+ * sm_90a build on a compute 9.0 device; else MMA (mma.sync); GENERIC for every other shape. Tests and benchmarks force one with
  * sr__cuda_attn_force (AUTO restores the choice); a forced kernel that does not fit the shape
  * makes attn_fwd fail with SR_ERR_SHAPE. The ladder (kernels/cuda/dev) has more versions.
  * Every kernel (and every ladder version) handles column chunks (kpos < 0), so the choice

@@ -3,11 +3,12 @@
  * does, uploads the CSR lists, picks a kernel and launches it (the kernels and their design
  * are in sr_attn_kernels.cuh; docs/GPU.md has the measurements behind the choice).
  *
- * Choice: shapes with bq, bk, d in {64, 128} run on the tensor cores: the wgmma kernel with
- * softmax/MMA overlap (sr_attn_wgmma_pipe: the ladder's v7, 3 K/V stages, at bq = bk = 128;
- * v5, 2 stages, elsewhere) when this build holds sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a)
- * and the device is a Hopper, else the mma.sync kernel (v3); any other shape runs the generic
- * kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
+ * Choice: shapes with bq, bk, d in {64, 128} run on the tensor cores when this build holds
+ * sm_90a code (CMAKE_CUDA_ARCHITECTURES=90a) and the device is a Hopper: at bq = bk = d = 128
+ * the warp-specialised kernel (sr_attn_ws.cuh, the ladder's v11: TMA producer, ping-pong
+ * consumers; 1.4-1.6x v7 on an H200), elsewhere the wgmma kernel with softmax/MMA overlap
+ * (sr_attn_wgmma_pipe: v7 with 3 K/V stages at bq = bk = 128, v5 with 2 stages elsewhere).
+ * Without sm_90a the mma.sync kernel (v3); any other shape runs the generic kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
  * compute stream. Lists built on the device by attn_lists (lists_dev) are used where they
  * are; host lists are uploaded first. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
  * the choice does not depend on them; colrow travels with the other CSR lists.
@@ -90,8 +91,9 @@ static const attn_cfg *find_cfg(int bq, int bk, int d) {
 #define WS_TMA sr_attn_ws<3, true, true>
 #define WS_CPASYNC sr_attn_ws<3, true, false>
 #define WS_SMEM sr_ws_smem_bytes<3>()
-/* Whether AUTO takes it at 128/128/128 (docs/GPU.md has the comparison with the v7 kernel). */
-#define WS_AUTO 0
+/* AUTO takes it at 128/128/128: 601/553/549 against v7's 383/388/390 TFLOP/s dense at
+ * 16K/32K/128K on an H200 (docs/GPU.md). */
+#define WS_AUTO 1
 
 extern "C" int sr__cuda_attn_auto(int bq, int bk, int d) {
   if (!find_cfg(bq, bk, d)) return SR_CUDA_ATTN_GENERIC;
