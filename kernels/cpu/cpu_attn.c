@@ -329,8 +329,31 @@ static void merge_piece(const sr_attn_args *a, int h, int64_t mb, int mmax, int 
   *h0 = p, *nh = n;
 }
 
+/* The pools' extent, when the caller gives it (kv_rows): every listed tile and column row must
+ * lie inside it, as the CUDA backend's TMA maps need. Checked here too, so that runs on CPU
+ * ranks (every exchange mode, any rank count) test the value the runtime passes. */
+static sr_status check_extent(const sr_attn_args *a) {
+  if (a->kv_rows <= 0) return SR_OK;
+  const int64_t nnz = a->row_ptr[(int64_t)a->q_heads * a->nqb];
+  for (int64_t e = 0; e < nnz; e++) {
+    if (a->kpos[e] >= 0) {
+      if (((int64_t)a->slot[e] + 1) * a->bk > a->kv_rows)
+        return sr__seterr(SR_ERR_SHAPE, "attn_fwd: entry %lld: slot %d ends past the pools' "
+                          "%lld rows", (long long)e, a->slot[e], (long long)a->kv_rows);
+      continue;
+    }
+    for (int64_t c = 0; c < -a->kpos[e]; c++)
+      if (a->colrow[a->slot[e] + c] >= a->kv_rows)
+        return sr__seterr(SR_ERR_SHAPE, "attn_fwd: entry %lld: column row %d past the pools' "
+                          "%lld rows", (long long)e, a->colrow[a->slot[e] + c],
+                          (long long)a->kv_rows);
+  }
+  return SR_OK;
+}
+
 sr_status sr__cpu_attn_fwd(const sr_attn_args *a) {
   SR_TRY(sr__attn_args_check(a));
+  SR_TRY(check_extent(a));
   if (a->nq == 0 || a->nqb == 0) return SR_OK;
   const int64_t rows = (int64_t)a->q_heads * a->nqb;
   const int64_t bqp = sr__cpu_lanes_up(a->bq);
