@@ -8,9 +8,10 @@
  * the warp-specialised kernel (sr_attn_ws.cuh, the ladder's v11: TMA producer, ping-pong
  * consumers; 1.4-1.6x v7 on an H200), elsewhere the wgmma kernel with softmax/MMA overlap
  * (sr_attn_wgmma_pipe: v7 with 3 K/V stages at bq = bk = 128, v5 with 2 stages elsewhere).
- * Without sm_90a the mma.sync kernel (v3); any other shape runs the generic kernel (v1). The launch is asynchronous: attn_fwd returns once the work is queued on the
- * compute stream. Lists built on the device by attn_lists (lists_dev) are used where they
- * are; host lists are uploaded first. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
+ * Without sm_90a the mma.sync kernel (v3); any other shape runs the generic kernel (v1).
+ * The launch is asynchronous: attn_fwd returns once the work is queued on the compute stream.
+ * Lists built on the device by attn_lists (lists_dev) are used where they are; host lists are
+ * uploaded first. Every kernel handles column chunks (kpos < 0, gathered through colrow), so
  * the choice does not depend on them; colrow travels with the other CSR lists.
  */
 #include "sr_attn_kernels.cuh"
